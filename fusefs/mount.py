@@ -1,0 +1,204 @@
+"""One mount's lifetime: resolve the image, fetch bootstraps, serve FUSE, prefetch, unmount.
+
+Order (stargz's fs.Mount, adapted): resolve the manifest -> fetch every layer's bootstrap
+with one range request each, all in parallel -> merge them (whiteouts applied) -> open
+the chunk store -> ``pyfuse3.init`` -> serve; the mount is *ready* once a first request
+(open/close of the root, see below) went through, and only then does prefetch start and
+the caller hear "ready". SIGTERM/SIGINT/SIGHUP, or an external ``fusermount3 -u``, end
+``pyfuse3.main``; the nursery is then cancelled and the mount closed and unmounted.
+
+Why the root is opened once right after init: a fresh mount may get its first FLUSH
+from the kernel while nobody has opened anything yet, and we have seen that block the
+first real caller; one open/close from a worker thread settles the session first.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pyfuse3
+import trio
+
+from fusefs.accesslog import AccessLog
+from fusefs.control import serve_control, state_json
+from fusefs.fetcher import DEFAULT_GAP_BYTES, DEFAULT_MAX_INFLIGHT, DEFAULT_MAX_REQUEST, Fetcher
+from fusefs.metrics import Metrics
+from fusefs.ops import Operations
+from fusefs.prefetch import Prefetcher
+from fusefs.reader import DEFAULT_READAHEAD, DEFAULT_SMALL_FILE, FileReader, ReaderConfig
+from fusefs.source import ImageError, LayerRef, SourceError, open_image
+from fusefs.store import ChunkStore
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CACHE_DIR = "/var/lib/imgfs/cache"
+
+
+@dataclass
+class MountConfig:
+    """Everything ``imgfs mount`` can be told (CLI flags, or a TOML file with these keys)."""
+
+    image: str
+    mountpoint: str
+    cache_dir: str = DEFAULT_CACHE_DIR
+    cache_size: int | None = None
+    plain_http: bool = False
+    insecure: bool = False
+    control_socket: str | None = None
+    prefetch: str = "table"          # "none" | "table" | "all"
+    access_log: str | None = None
+    layer: int | None = None
+    gap_bytes: int = DEFAULT_GAP_BYTES
+    max_request: int = DEFAULT_MAX_REQUEST
+    max_inflight: int = DEFAULT_MAX_INFLIGHT
+    prefetch_slots: int = 2
+    small_file: int = DEFAULT_SMALL_FILE
+    readahead: int = DEFAULT_READAHEAD
+    retries: int = 4
+    timeout: float = 30.0
+    allow_other: bool = True
+
+
+def _fetch_bootstrap(source: Any, layer: LayerRef) -> Any:
+    """One range request for the layer's bootstrap (two if the annotations lack its place)."""
+    from imgformat.bootstrap import Bootstrap
+
+    from imgformat.footer import FOOTER_SIZE, parse_footer
+
+    off, size = layer.bootstrap_offset, layer.bootstrap_size
+    if off is None or size is None:
+        off, size = parse_footer(source.get_range(layer.digest, layer.size - FOOTER_SIZE, layer.size))
+    payload = source.get_range(layer.digest, off, off + size)
+    if layer.bootstrap_digest:
+        got = "sha256:" + hashlib.sha256(payload).hexdigest()
+        if got != layer.bootstrap_digest:
+            raise ImageError(f"layer {layer.digest}: bootstrap digest {got} does not match "
+                             f"the pinned {layer.bootstrap_digest}")
+    return Bootstrap.from_blob_bytes(payload)
+
+
+async def load_image(cfg: MountConfig) -> tuple[list[LayerRef], Any, list[Any], Any]:
+    """Resolve IMAGE and fetch + merge its bootstraps; returns (layers, source, bootstraps, view)."""
+    from imgformat.merge import MergedView
+
+    from imgformat.errors import ImgFormatError
+
+    layers, source, _digest = await trio.to_thread.run_sync(
+        lambda: open_image(cfg.image, plain_http=cfg.plain_http, insecure=cfg.insecure,
+                           retries=cfg.retries, timeout=cfg.timeout))
+    if cfg.layer is not None:
+        if not 0 <= cfg.layer < len(layers):
+            raise ImageError(f"--layer {cfg.layer}: the image has {len(layers)} layers")
+        layers = [layers[cfg.layer]]
+    bootstraps: list[Any] = [None] * len(layers)
+
+    async def one(i: int) -> None:
+        try:
+            bootstraps[i] = await trio.to_thread.run_sync(_fetch_bootstrap, source, layers[i])
+        except ImgFormatError as exc:
+            raise ImageError(f"layer {i} ({layers[i].digest}): {exc}") from exc
+        except (ImageError, SourceError):
+            raise
+        except Exception as exc:  # registry errors
+            raise SourceError(f"layer {i} ({layers[i].digest}): bootstrap fetch failed: {exc}") from exc
+
+    async with trio.open_nursery() as nursery:
+        for i in range(len(layers)):
+            nursery.start_soon(one, i)
+    try:
+        view = MergedView(bootstraps, blob_digests=[lr.digest for lr in layers])
+    except ImgFormatError as exc:
+        raise ImageError(f"cannot merge the layers: {exc}") from exc
+    return layers, source, bootstraps, view
+
+
+def _touch_root(mountpoint: str) -> None:
+    fd = os.open(mountpoint, os.O_RDONLY | os.O_DIRECTORY)
+    os.close(fd)
+
+
+async def run_mount(cfg: MountConfig, on_ready: Callable[[], None] = lambda: None) -> None:
+    """Mount and serve until a signal or an external unmount; always unmounts on the way out.
+
+    Raises ImageError (bad image), SourceError (registry/IO) or OSError (mount failed)
+    before ``on_ready`` is called; after it, errors of single reads are EIO and logged.
+    """
+    t0 = time.monotonic()
+    layers, source, bootstraps, view = await load_image(cfg)
+    store = await trio.to_thread.run_sync(ChunkStore, cfg.cache_dir, cfg.cache_size)
+    from imgformat.chunk import decode_chunk
+
+    fetcher = Fetcher(source, store, decode_chunk, gap_bytes=cfg.gap_bytes, max_request=cfg.max_request,
+                      max_inflight=cfg.max_inflight, prefetch_slots=cfg.prefetch_slots)
+    prefetcher = None
+    if cfg.prefetch != "none":
+        prefetcher = Prefetcher(fetcher, bootstraps, [lr.digest for lr in layers],
+                                all_after=cfg.prefetch == "all")
+    metrics = Metrics(lambda: {"store": store.statistics(), "fetcher": fetcher.statistics(),
+                               "prefetch": prefetcher.statistics() if prefetcher else None})
+    access_log = AccessLog(cfg.access_log) if cfg.access_log else None
+    reader = FileReader(view, fetcher, store, ReaderConfig(small_file=cfg.small_file,
+                                                           readahead=cfg.readahead))
+    ops = Operations(view, reader, metrics, access_log)
+    started = {"mount_seconds": None}
+
+    async def control(method: str, path: str) -> tuple[int, str, bytes]:
+        if method == "GET" and path == "/metrics":
+            return 200, "text/plain; version=0.0.4; charset=utf-8", metrics.render()
+        if method == "GET" and path == "/state":
+            return 200, "application/json", state_json({
+                "pid": os.getpid(), "image": cfg.image, "mountpoint": cfg.mountpoint,
+                "layers": [lr.digest for lr in layers], "cache_dir": cfg.cache_dir,
+                "mount_seconds": started["mount_seconds"],
+                "store": store.statistics().__dict__, "fetcher": fetcher.statistics().__dict__,
+                "prefetch": prefetcher.statistics().__dict__ if prefetcher else None,
+                "access_log": cfg.access_log})
+        if method == "POST" and path == "/access-log/flush":
+            if access_log is None:
+                return 404, "text/plain", b"no --access-log\n"
+            n = access_log.flush()
+            return 200, "application/json", state_json({"records": n, "path": cfg.access_log})
+        return 404, "text/plain", b"not found\n"
+
+    options = {"fsname=imgfs", "subtype=imgfs", "ro", "default_permissions"}
+    if cfg.allow_other:
+        options.add("allow_other")
+    pyfuse3.init(ops, cfg.mountpoint, options)
+    log.info("mounted %s on %s (%d layers)", cfg.image, cfg.mountpoint, len(layers))
+    try:
+        async with trio.open_nursery() as nursery:
+            async def fuse_main() -> None:
+                await pyfuse3.main()
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(fuse_main)
+            nursery.start_soon(_watch_signals)
+            await trio.to_thread.run_sync(_touch_root, cfg.mountpoint)
+            if cfg.control_socket:
+                await nursery.start(serve_control, cfg.control_socket, control)
+            started["mount_seconds"] = round(time.monotonic() - t0, 4)
+            on_ready()
+            if prefetcher is not None:
+                nursery.start_soon(prefetcher.run)
+    finally:
+        if access_log is not None:
+            try:
+                access_log.flush()
+            except OSError as exc:
+                log.error("cannot write the access log %s: %s", cfg.access_log, exc)
+        pyfuse3.close(unmount=True)
+        log.info("unmounted %s", cfg.mountpoint)
+
+
+async def _watch_signals() -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        async for signum in signals:
+            log.info("signal %d: unmounting", signum)
+            pyfuse3.terminate()
+            return

@@ -1,0 +1,125 @@
+"""Background prefetch: the bootstraps' prefetch tables first, then (optionally) everything.
+
+The converter lays the prefetch list's files first in each blob, in access order, so
+the startup working set is one contiguous range per layer: we fetch it in blob order in
+batches of ``batch_bytes`` (each batch is planned into ``max_request``-sized merged
+requests by the fetcher). Prefetch goes through the same fetcher as on-demand reads
+(singleflight: a read of a chunk being prefetched waits for that fetch instead of
+starting another) but with its own two request slots, and it starts no new request
+while an on-demand read is waiting (``Fetcher`` enforces both).
+
+A failed batch is logged and skipped: prefetch is an optimisation, on-demand reads
+will fetch (and report) what is missing.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+
+from fusefs.fetcher import ChunkRef, Fetcher, FetchError
+
+log = logging.getLogger(__name__)
+
+#: Bytes of compressed chunks handed to the fetcher at once (a few max-size requests).
+DEFAULT_BATCH_BYTES = 32 << 20
+
+
+@dataclass(frozen=True)
+class PrefetchStats:
+    total: int
+    done: int
+    failed: int
+    running: bool
+    phase: str
+
+
+def _chunk_ref(bs: Any, blob: str, index: int) -> ChunkRef:
+    info = bs.chunk(index)
+    blobs = bs.blobs
+    owner = blobs[info.blob_index] if 0 <= info.blob_index < len(blobs) else blob
+    return ChunkRef(owner, info)
+
+
+def prefetch_list(bootstraps: list[Any], blobs: list[str]) -> list[ChunkRef]:
+    """Chunks of every layer's prefetch table, in blob order, each chunk once."""
+    refs = [_chunk_ref(bs, blob, i) for bs, blob in zip(bootstraps, blobs) for i in bs.prefetch]
+    return _blob_order(refs)
+
+
+def all_chunks(bootstraps: list[Any], blobs: list[str]) -> list[ChunkRef]:
+    """Every chunk of every layer, in blob order, each chunk once."""
+    refs = [_chunk_ref(bs, blob, i) for bs, blob in zip(bootstraps, blobs) for i in range(bs.chunk_count)]
+    return _blob_order(refs)
+
+
+def _blob_order(refs: Iterable[ChunkRef]) -> list[ChunkRef]:
+    seen: set[bytes] = set()
+    out = []
+    for ref in sorted(refs, key=lambda r: (r.blob, r.info.comp_offset)):
+        if ref.digest not in seen:
+            seen.add(ref.digest)
+            out.append(ref)
+    return out
+
+
+def _batches(refs: list[ChunkRef], batch_bytes: int) -> Iterator[list[ChunkRef]]:
+    batch: list[ChunkRef] = []
+    size = 0
+    for ref in refs:
+        batch.append(ref)
+        size += ref.info.comp_size
+        if size >= batch_bytes:
+            yield batch
+            batch, size = [], 0
+    if batch:
+        yield batch
+
+
+class Prefetcher:
+    """Runs the prefetch phases; ``statistics()`` feeds /metrics and /state."""
+
+    def __init__(self, fetcher: Fetcher, bootstraps: list[Any], blobs: list[str], *,
+                 all_after: bool = False, batch_bytes: int = DEFAULT_BATCH_BYTES) -> None:
+        self.fetcher = fetcher
+        self.bootstraps = bootstraps
+        self.blobs = blobs
+        self.all_after = all_after
+        self.batch_bytes = batch_bytes
+        self.total = self.done = self.failed = 0
+        self.running = False
+        self.phase = "idle"
+        self.finished = trio.Event()
+
+    async def run(self) -> None:
+        """Prefetch until done (or cancelled); never raises on fetch failures."""
+        self.running = True
+        try:
+            await self._phase("prefetch-table", prefetch_list(self.bootstraps, self.blobs))
+            if self.all_after:
+                await self._phase("all", all_chunks(self.bootstraps, self.blobs))
+            self.phase = "done"
+        finally:
+            self.running = False
+            self.finished.set()
+
+    async def _phase(self, name: str, refs: list[ChunkRef]) -> None:
+        self.phase = name
+        todo = [r for r in refs if not self.fetcher.store.contains(r.digest)]
+        self.total += len(todo)
+        log.info("prefetch %s: %d chunks (%d already cached)", name, len(todo), len(refs) - len(todo))
+        for batch in _batches(todo, self.batch_bytes):
+            try:
+                await self.fetcher.ensure(batch, prefetch=True)
+                self.done += len(batch)
+            except FetchError as exc:
+                self.failed += len(batch)
+                log.warning("prefetch batch of %d chunks failed (reads will fetch on demand): %s",
+                            len(batch), exc)
+
+    def statistics(self) -> PrefetchStats:
+        return PrefetchStats(total=self.total, done=self.done, failed=self.failed,
+                             running=self.running, phase=self.phase)

@@ -1,0 +1,288 @@
+"""Node-local store of decompressed chunks, keyed by their sha256 content digest.
+
+Why decompressed and content-keyed: a read of 4 KiB from a 1 MiB chunk then costs one
+``pread`` and no zstd work, and two images (two mounts, two daemons) that share a chunk
+share one file under the same cache dir.
+
+Layout::
+
+    CACHE_DIR/chunks/ab/abcdef...   one file per chunk, name = hex sha256 of its bytes
+    CACHE_DIR/tmp/                  writes in progress (renamed into place: atomic)
+
+The index is a directory scan into an in-memory dict (digest -> size), ordered by
+mtime for LRU: a cache of ~100k chunks loads in well under a second and cannot
+disagree with the files, which are the truth (no separate index to corrupt). Entries
+found on disk are *unverified*: the first use after a (re)start re-hashes the file, and
+a corrupted one is deleted and reported as a miss so the caller refetches it. We do not
+fsync per chunk: a torn file after a crash is exactly such a corrupted entry.
+
+Several daemons may share one cache dir. Each keeps its own index; a file another
+daemon evicted is a miss here (``FileNotFoundError`` -> drop from index), and a file
+another daemon wrote is adopted on first lookup (``os.stat`` on index miss).
+
+Thread-safety: ``put`` runs in fetch worker threads and ``read`` in the trio thread,
+so the index is guarded by one lock. Files are never modified in place.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class StoreStats:
+    """A cheap snapshot of the store's counters (see ``ChunkStore.statistics``)."""
+
+    entries: int
+    bytes: int
+    capacity: int | None
+    hits: int
+    misses: int
+    evictions: int
+    corrupt: int
+
+
+class ChunkStore:
+    """Content-addressed, size-capped, LRU chunk cache on local disk.
+
+    Invariants: ``self._index`` maps hex digest -> size for files believed present, in
+    LRU order (oldest first); ``self._bytes`` is the sum of its sizes; a digest in
+    ``self._pins`` is never evicted (a read is waiting on it).
+    """
+
+    def __init__(self, root: str | os.PathLike[str], capacity: int | None = None) -> None:
+        self.root = Path(root)
+        self.capacity = capacity
+        self._chunks = self.root / "chunks"
+        self._tmp = self.root / "tmp"
+        self._chunks.mkdir(parents=True, exist_ok=True)
+        self._tmp.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._index: OrderedDict[str, int] = OrderedDict()
+        self._verified: set[str] = set()
+        self._pins: dict[str, int] = {}
+        self._bytes = 0
+        self._hits = self._misses = self._evictions = self._corrupt = 0
+        self._load()
+        self._clean_tmp()
+
+    # -- loading -------------------------------------------------------------------------
+
+    def _load(self) -> None:
+        found: list[tuple[float, str, int]] = []
+        for sub in os.scandir(self._chunks):
+            if not sub.is_dir(follow_symlinks=False):
+                continue
+            for ent in os.scandir(sub.path):
+                if len(ent.name) != 64 or not ent.is_file(follow_symlinks=False):
+                    continue
+                try:
+                    st = ent.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    continue
+                found.append((st.st_mtime, ent.name, st.st_size))
+        found.sort()
+        for _mtime, name, size in found:
+            self._index[name] = size
+            self._bytes += size
+
+    def _clean_tmp(self) -> None:
+        """Remove temp files of crashed writers; another live daemon may be writing right
+        now, so only files older than an hour count as leftovers."""
+        now = time.time()
+        for ent in os.scandir(self._tmp):
+            try:
+                if now - ent.stat().st_mtime > 3600:
+                    os.unlink(ent.path)
+            except OSError:
+                pass
+
+    # -- paths ---------------------------------------------------------------------------
+
+    def path(self, digest: bytes | str) -> Path:
+        h = digest if isinstance(digest, str) else digest.hex()
+        return self._chunks / h[:2] / h
+
+    # -- queries -------------------------------------------------------------------------
+
+    def contains(self, digest: bytes) -> bool:
+        """True when the chunk is (believed to be) on disk; adopts files other daemons wrote."""
+        h = digest.hex()
+        with self._lock:
+            if h in self._index:
+                return True
+        try:
+            size = os.stat(self.path(h)).st_size
+        except FileNotFoundError:
+            return False
+        with self._lock:
+            if h not in self._index:
+                self._index[h] = size
+                self._bytes += size
+        return True
+
+    def read(self, digest: bytes, offset: int = 0, length: int | None = None) -> bytes | None:
+        """Bytes ``[offset, offset+length)`` of the chunk, or None on a miss.
+
+        A miss is: not present, removed by another daemon, or corrupted (detected on the
+        first use after a restart; the file is then deleted so a refetch replaces it).
+        """
+        h = digest.hex()
+        p = self.path(h)
+        with self._lock:
+            known = h in self._index
+            verified = h in self._verified
+        if not known and not self.contains(digest):
+            self._count_miss()
+            return None
+        try:
+            if not verified:
+                data = p.read_bytes()
+                if hashlib.sha256(data).hexdigest() != h:
+                    log.error("cache entry %s is corrupted (sha256 mismatch): deleted, will refetch", h)
+                    self._drop(h, unlink=True, corrupt=True)
+                    self._count_miss()
+                    return None
+                with self._lock:
+                    self._verified.add(h)
+                    if h in self._index:
+                        self._index.move_to_end(h)
+                    self._hits += 1
+                end = len(data) if length is None else offset + length
+                return data[offset:end]
+            with open(p, "rb", buffering=0) as f:
+                if length is None:
+                    length = os.fstat(f.fileno()).st_size - offset
+                data = os.pread(f.fileno(), length, offset)
+        except FileNotFoundError:
+            self._drop(h, unlink=False)
+            self._count_miss()
+            return None
+        with self._lock:
+            if h in self._index:
+                self._index.move_to_end(h)
+            self._hits += 1
+        return data
+
+    def _count_miss(self) -> None:
+        with self._lock:
+            self._misses += 1
+
+    # -- writing -------------------------------------------------------------------------
+
+    def put(self, digest: bytes, data: bytes) -> None:
+        """Store a chunk the caller has already verified (``sha256(data) == digest``).
+
+        Atomic: written to a temp file and renamed, so readers (also in other daemons)
+        see the whole chunk or nothing. Evicts least recently used entries beyond the cap.
+        """
+        h = digest.hex()
+        p = self.path(h)
+        p.parent.mkdir(exist_ok=True)
+        tmp = self._tmp / f"{h}.{os.getpid()}.{threading.get_ident()}"
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, p)
+        with self._lock:
+            if h in self._index:
+                self._bytes -= self._index[h]
+            self._index[h] = len(data)
+            self._index.move_to_end(h)
+            self._bytes += len(data)
+            self._verified.add(h)
+        self._evict(keep=h)
+
+    def _evict(self, keep: str) -> None:
+        if self.capacity is None:
+            return
+        victims: list[str] = []
+        with self._lock:
+            if self._bytes <= self.capacity:
+                return
+            for h, size in self._index.items():
+                if self._bytes <= self.capacity:
+                    break
+                if h == keep or self._pins.get(h):
+                    continue
+                victims.append(h)
+                self._bytes -= size
+            for h in victims:
+                del self._index[h]
+                self._verified.discard(h)
+                self._evictions += 1
+        for h in victims:
+            try:
+                os.unlink(self.path(h))
+            except FileNotFoundError:
+                pass
+
+    def _drop(self, h: str, *, unlink: bool, corrupt: bool = False) -> None:
+        with self._lock:
+            size = self._index.pop(h, None)
+            if size is not None:
+                self._bytes -= size
+            self._verified.discard(h)
+            if corrupt:
+                self._corrupt += 1
+        if unlink:
+            try:
+                os.unlink(self.path(h))
+            except FileNotFoundError:
+                pass
+
+    # -- pinning -------------------------------------------------------------------------
+
+    @contextmanager
+    def pinned(self, digests: Iterable[bytes]) -> Iterator[None]:
+        """Protect chunks from eviction while a read assembles them."""
+        hs = [d.hex() for d in digests]
+        with self._lock:
+            for h in hs:
+                self._pins[h] = self._pins.get(h, 0) + 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                for h in hs:
+                    n = self._pins[h] - 1
+                    if n:
+                        self._pins[h] = n
+                    else:
+                        del self._pins[h]
+
+    # -- maintenance ---------------------------------------------------------------------
+
+    def verify_all(self) -> tuple[int, list[str]]:
+        """Re-hash every entry; delete and return the corrupted ones (``imgfs cache verify``)."""
+        with self._lock:
+            names = list(self._index)
+        bad: list[str] = []
+        for h in names:
+            try:
+                data = self.path(h).read_bytes()
+            except FileNotFoundError:
+                self._drop(h, unlink=False)
+                continue
+            if hashlib.sha256(data).hexdigest() != h:
+                bad.append(h)
+                self._drop(h, unlink=True, corrupt=True)
+            else:
+                with self._lock:
+                    self._verified.add(h)
+        return len(names), bad
+
+    def statistics(self) -> StoreStats:
+        with self._lock:
+            return StoreStats(entries=len(self._index), bytes=self._bytes, capacity=self.capacity,
+                              hits=self._hits, misses=self._misses, evictions=self._evictions,
+                              corrupt=self._corrupt)
