@@ -1,0 +1,43 @@
+"""registry: the OCI distribution client every other imgfs package uses.
+
+Public surface (contract in docs/internals.md):
+
+- ``registry.reference``: ``Reference``, ``parse_reference`` (``host[:port]/repo[:tag][@digest]``).
+- ``registry.client``: ``RegistryClient`` (manifests, platform resolution, blobs
+  streamed and verified, single/multi-range reads with fallbacks, push with
+  chunked upload and cross-repo mount, delete) and the errors ``RegistryError``,
+  ``NotFound``, ``AuthError``, ``DigestMismatch`` (plus ``RangeError``,
+  ``PlatformNotFound``).
+- ``registry.manifest``: media type constants, ``Manifest``.
+
+Modules, one job each: ``transport`` (pooled session, auth rounds, retries),
+``auth`` (challenges, bearer tokens), ``credentials`` (flags, docker config,
+credential helpers), ``ranges`` (Range/Content-Range/multipart), ``blobio``
+(verifying, resuming blob stream), ``upload`` (mount/monolithic/chunked push),
+``manifest``, ``digests``, ``errors``.
+
+Why requests directly and not oras (oras-py 0.2.43 is pinned and was evaluated):
+oras-py's ``Registry`` pushes and pulls whole artifacts to and from files. It
+has no Range or multi-range reads, no digest verification while streaming, no
+resume, no platform selection in indexes, no cross-repo mount; it retries with a
+fixed decorator that neither honours Retry-After nor distinguishes PATCH (unsafe
+to repeat) from GET; its session uses requests' default pool of 10 connections
+and its auth object holds state that is not guarded for concurrent threads. Its
+helpers that looked reusable do not fit either: ``oras.auth.utils.load_configs``
+always merges ``~/.docker/config.json`` into any path given (so the config path
+is not really injectable, which tests need), ignores ``credHelpers`` semantics
+per registry and logs a warning for missing files; ``parse_auth_header`` drops
+the scheme (Basic vs Bearer) and does not handle escaped quotes. So this package
+is written on requests, following the distribution spec and the token auth spec;
+oras remains a dependency for other parts that push artifacts, not used here.
+"""
+from registry.client import RegistryClient as RegistryClient
+from registry.errors import AuthError as AuthError
+from registry.errors import DigestMismatch as DigestMismatch
+from registry.errors import NotFound as NotFound
+from registry.errors import PlatformNotFound as PlatformNotFound
+from registry.errors import RangeError as RangeError
+from registry.errors import RegistryError as RegistryError
+from registry.manifest import Manifest as Manifest
+from registry.reference import Reference as Reference
+from registry.reference import parse_reference as parse_reference

@@ -1,0 +1,435 @@
+"""RegistryClient: the OCI distribution API as the rest of imgfs uses it (see docs/internals.md).
+
+Synchronous and thread-safe: one client per registry, shared by all threads
+(fusefs calls it from its fetch workers). Every byte handed out is checked:
+manifests and blobs against their digest, ranges against Content-Range.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from dataclasses import dataclass
+from typing import BinaryIO, Self
+
+from registry import ranges as R
+from registry.auth import Authenticator
+from registry.blobio import READ_ERRORS, BlobReader
+from registry.credentials import Credentials, CredentialsError, load_docker_credentials
+from registry.digests import digest_of, sha256_digest
+from registry.errors import AuthError, DigestMismatch, NotFound, PlatformNotFound, RangeError, RegistryError
+from registry.manifest import (
+    ACCEPT,
+    DEFAULT_PLATFORM,
+    IMAGE_MANIFEST_TYPES,
+    MAX_MANIFEST_SIZE,
+    Manifest,
+    ManifestError,
+    parse_manifest,
+    select_platform,
+)
+from registry.reference import (
+    InvalidReference,
+    Reference,
+    parse_reference,
+    validate_digest,
+    validate_repository,
+)
+from registry.transport import Transport, TransportStatistics
+from registry.upload import Source, Uploader, source_size, verify_source
+
+__all__ = [
+    "AuthError",
+    "ClientStatistics",
+    "DigestMismatch",
+    "Manifest",
+    "NotFound",
+    "PlatformNotFound",
+    "RangeError",
+    "RegistryClient",
+    "RegistryError",
+]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_UPLOAD_CHUNK = 16 << 20    # blobs above this go up in PATCH chunks of this size
+MAX_RANGES_PER_REQUEST = 64        # keeps the Range header far below common 8 KiB header limits
+READ_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class ClientStatistics:
+    """Cheap counters for metrics: HTTP requests (all attempts), retries, bytes of blob data received."""
+
+    requests: int
+    retries: int
+    auth_rounds: int
+    token_fetches: int
+    blob_bytes: int
+    range_requests: int
+    multirange_fallbacks: int
+
+
+class RegistryClient:
+    """Client for one registry (host[:port]); see docs/internals.md for the contract.
+
+    Credentials: ``username``/``password`` if given, else the docker config
+    (``docker_config`` path, default ``$DOCKER_CONFIG/config.json`` or
+    ``~/.docker/config.json``), else anonymous. They never appear in repr,
+    logs or exceptions.
+    """
+
+    def __init__(self, registry: str, plain_http: bool = False, insecure: bool = False,
+                 username: str | None = None, password: str | None = None,
+                 docker_config: str | os.PathLike | None = None, timeout: float = 30.0,
+                 retries: int = 4, backoff: float = 0.2, *, pool_size: int = 32,
+                 proxies: dict | None = None, upload_chunk_size: int = DEFAULT_UPLOAD_CHUNK):
+        if not registry or "/" in registry:
+            raise InvalidReference(f"invalid registry host {registry!r}")
+        self.registry = registry
+        if username is not None:
+            creds: Credentials | None = Credentials(username, password or "")
+        else:
+            try:
+                creds = load_docker_credentials(registry, docker_config)
+            except CredentialsError as e:
+                raise AuthError(str(e), registry=registry) from None
+        self.upload_chunk_size = max(1, int(upload_chunk_size))
+        self._t = Transport(registry, plain_http=plain_http, insecure=insecure, credentials=creds,
+                            timeout=timeout, retries=retries, backoff=backoff, pool_size=pool_size,
+                            proxies=proxies)
+        self._lock = threading.Lock()
+        self._blob_bytes = self._range_requests = self._fallbacks = 0
+        self._multirange_ok = True
+
+    @classmethod
+    def from_ref(cls, ref: str | Reference, **opts) -> RegistryClient:
+        """A client for the registry named by ``ref`` (options as for the constructor)."""
+        if isinstance(ref, str):
+            ref = parse_reference(ref)
+        return cls(ref.registry, **opts)
+
+    def __repr__(self) -> str:
+        return f"RegistryClient({self._t.base_url!r})"
+
+    def close(self) -> None:
+        self._t.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @property
+    def auth(self) -> Authenticator:
+        return self._t.auth
+
+    def statistics(self) -> ClientStatistics:
+        t: TransportStatistics = self._t.statistics()
+        with self._lock:
+            return ClientStatistics(t.requests, t.retries, t.auth_rounds, t.token_fetches,
+                                    self._blob_bytes, self._range_requests, self._fallbacks)
+
+    def _count_bytes(self, n: int) -> None:
+        with self._lock:
+            self._blob_bytes += n
+
+    @staticmethod
+    def _pull(repo: str) -> tuple[str, ...]:
+        return (f"repository:{validate_repository(repo)}:pull",)
+
+    @staticmethod
+    def _where(repo: str, digest: str | None = None) -> dict:
+        return {"repository": repo, "digest": digest}
+
+    def _ctx(self, repo: str, digest: str | None = None) -> dict:
+        return {"registry": self.registry, "repository": repo, "digest": digest}
+
+    # -- manifests ---------------------------------------------------------------------------------
+
+    def get_manifest(self, repo: str, tag_or_digest: str) -> Manifest:
+        """Fetch one manifest or index by tag or digest, verified against the digest asked for.
+
+        By tag, the returned digest is computed from the bytes (and must agree with
+        Docker-Content-Digest when the registry sends one).
+        """
+        by_digest = ":" in tag_or_digest
+        if by_digest:
+            validate_digest(tag_or_digest)
+        r = self._t.request("GET", f"/v2/{repo}/manifests/{tag_or_digest}", scopes=self._pull(repo),
+                            expect=(200,), headers={"Accept": ACCEPT}, stream=True,
+                            **self._where(repo, tag_or_digest if by_digest else None))
+        try:
+            length = r.headers.get("Content-Length")
+            if length and length.isdigit() and int(length) > MAX_MANIFEST_SIZE:
+                raise RegistryError(f"manifest of {length} bytes exceeds the {MAX_MANIFEST_SIZE} limit",
+                                    **self._ctx(repo))
+            data = r.raw.read(MAX_MANIFEST_SIZE + 1, decode_content=True)
+        finally:
+            r.close()
+        if len(data) > MAX_MANIFEST_SIZE:
+            raise RegistryError(f"manifest exceeds the {MAX_MANIFEST_SIZE} byte limit", **self._ctx(repo))
+        if by_digest:
+            got = digest_of(data, tag_or_digest)
+            if got != tag_or_digest:
+                raise DigestMismatch(f"manifest content hashes to {got}", **self._ctx(repo, tag_or_digest))
+            digest = tag_or_digest
+        else:
+            digest = sha256_digest(data)
+            header = r.headers.get("Docker-Content-Digest")
+            if header and header.startswith("sha256:") and header != digest:
+                raise DigestMismatch(f"manifest of tag {tag_or_digest} hashes to {digest}, registry says "
+                                     f"{header}", **self._ctx(repo, header))
+        try:
+            return parse_manifest(data, r.headers.get("Content-Type"), digest)
+        except ManifestError as e:
+            raise RegistryError(str(e), **self._ctx(repo, digest)) from None
+
+    def resolve(self, ref: str | Reference, platform: str = DEFAULT_PLATFORM) -> Manifest:
+        """The image manifest for ``ref``, following an index/manifest list to ``platform``.
+
+        Raises PlatformNotFound when the index has no such platform.
+        """
+        if isinstance(ref, str):
+            ref = parse_reference(ref)
+        if ref.registry != self.registry:
+            raise InvalidReference(f"reference {ref} is not on registry {self.registry}")
+        m = self.get_manifest(ref.repository, ref.reference)
+        if m.is_index:
+            try:
+                desc = select_platform(m, platform)
+            except ManifestError as e:
+                raise PlatformNotFound(str(e), **self._ctx(ref.repository, m.digest)) from None
+            digest = desc.get("digest")
+            if not isinstance(digest, str):
+                raise RegistryError("index entry without a digest", **self._ctx(ref.repository, m.digest))
+            m = self.get_manifest(ref.repository, digest)
+        if m.media_type not in IMAGE_MANIFEST_TYPES:
+            raise RegistryError(f"{ref} resolves to {m.media_type}, not an image manifest",
+                                **self._ctx(ref.repository, m.digest))
+        return m
+
+    def push_manifest(self, repo: str, tag_or_digest: str, data: bytes, media_type: str) -> str:
+        """Upload a manifest under a tag or its digest; returns its sha256 digest."""
+        digest = sha256_digest(data)
+        if ":" in tag_or_digest and digest_of(data, tag_or_digest) != tag_or_digest:
+            raise DigestMismatch(f"refusing to push: manifest hashes to {digest}",
+                                 **self._ctx(repo, tag_or_digest))
+        r = self._t.request("PUT", f"/v2/{repo}/manifests/{tag_or_digest}",
+                            scopes=(f"repository:{validate_repository(repo)}:pull,push",), expect=(201, 200),
+                            headers={"Content-Type": media_type}, body=bytes(data), **self._where(repo, digest))
+        r.close()
+        header = r.headers.get("Docker-Content-Digest")
+        if header and header.startswith("sha256:") and header != digest:
+            raise DigestMismatch(f"registry stored the manifest as {header}", **self._ctx(repo, digest))
+        return digest
+
+    def delete_manifest(self, repo: str, digest: str) -> None:
+        """Delete a manifest by digest (the registry must have deletion enabled)."""
+        validate_digest(digest)
+        r = self._t.request("DELETE", f"/v2/{repo}/manifests/{digest}",
+                            scopes=(f"repository:{validate_repository(repo)}:delete",),
+                            expect=(202, 200, 204), **self._where(repo, digest))
+        r.close()
+
+    def list_tags(self, repo: str) -> list[str]:
+        """All tags of ``repo`` (follows Link pagination)."""
+        tags: list[str] = []
+        url: str | None = f"/v2/{repo}/tags/list"
+        while url:
+            r = self._t.request("GET", url, scopes=self._pull(repo), expect=(200,), **self._where(repo))
+            try:
+                tags += r.json().get("tags") or []
+            except ValueError:
+                raise RegistryError("unparsable tag list", **self._ctx(repo)) from None
+            url = r.links.get("next", {}).get("url")
+        return tags
+
+    # -- blobs -------------------------------------------------------------------------------------
+
+    def blob_exists(self, repo: str, digest: str) -> int | None:
+        """The blob's size if ``repo`` has it, else None."""
+        validate_digest(digest)
+        try:
+            r = self._t.request("HEAD", f"/v2/{repo}/blobs/{digest}", scopes=self._pull(repo),
+                                expect=(200,), **self._where(repo, digest))
+        except NotFound:
+            return None
+        r.close()
+        length = r.headers.get("Content-Length")
+        return int(length) if length and length.isdigit() else 0
+
+    def _get_blob_response(self, repo: str, digest: str, headers: dict | None = None):
+        hdrs = {"Accept-Encoding": "identity"}
+        hdrs.update(headers or {})
+        return self._t.request("GET", f"/v2/{repo}/blobs/{digest}", scopes=self._pull(repo),
+                               expect=(200, 206, 416), headers=hdrs, stream=True,
+                               **self._where(repo, digest))
+
+    def open_blob(self, repo: str, digest: str) -> BinaryIO:
+        """Stream a blob; the digest is verified at EOF (DigestMismatch from the read that hits it)."""
+        validate_digest(digest)
+
+        def open_at(offset: int):
+            r = self._get_blob_response(repo, digest, {"Range": f"bytes={offset}-"} if offset else None)
+            if r.status_code == 416 or (r.status_code == 206 and not offset):
+                r.close()
+                raise RegistryError(f"unexpected HTTP {r.status_code} for a blob read at {offset}",
+                                    status=r.status_code, **self._ctx(repo, digest))
+            return r
+
+        reader = BlobReader(open_at, digest, registry=self.registry, repository=repo,
+                            resumes=self._t.retries, on_bytes=self._count_bytes)
+        return reader  # type: ignore[return-value]
+
+    def get_blob(self, repo: str, digest: str) -> bytes:
+        """A whole blob in memory, verified (for configs and other small blobs)."""
+        with self.open_blob(repo, digest) as f:
+            return f.read()
+
+    def push_blob(self, repo: str, digest: str, source: Source, size: int | None = None,
+                  mount_from: str | None = None) -> None:
+        """Upload a blob unless ``repo`` already has it; try a cross-repo mount from ``mount_from`` first.
+
+        ``source`` is bytes or a file path. Bytes are checked against ``digest``
+        before upload; a file's digest is checked by the registry (DigestMismatch).
+        """
+        validate_digest(digest)
+        validate_repository(repo)
+        if mount_from is not None:
+            validate_repository(mount_from)
+        actual = source_size(source)
+        if size is not None and size != actual:
+            raise RegistryError(f"source has {actual} bytes, caller said {size}", **self._ctx(repo, digest))
+        if isinstance(source, bytes | bytearray | memoryview):
+            verify_source(source, digest)
+        if self.blob_exists(repo, digest) is not None:
+            log.debug("blob %s already in %s, skipping upload", digest, repo)
+            return
+        Uploader(self._t, repo, digest, source, actual, self.upload_chunk_size, mount_from).run()
+
+    # -- ranges ------------------------------------------------------------------------------------
+
+    def get_range(self, repo: str, digest: str, start: int, end: int) -> bytes:
+        """Bytes ``[start, end)`` of a blob. Raises RangeError if the blob is shorter than ``end``."""
+        return self.get_ranges(repo, digest, [(start, end)])[0]
+
+    def get_ranges(self, repo: str, digest: str, ranges: list[tuple[int, int]]) -> list[bytes]:
+        """Bytes of each ``[start, end)`` in ``ranges`` (any order, overlaps allowed), in that order.
+
+        Overlapping/adjacent ranges are merged; up to MAX_RANGES_PER_REQUEST spans
+        go in one multi-range request. If the registry refuses multi-range (400/416/
+        501) or ignores it, the spans are fetched as one covering range and sliced
+        here, and the client stops asking for multi-range.
+        """
+        validate_digest(digest)
+        R.check_ranges(ranges)
+        if not ranges:
+            return []
+        spans = R.coalesce([tuple(r) for r in ranges])
+        parts: list[tuple[int, int, bytes]] = []
+        for i in range(0, len(spans), MAX_RANGES_PER_REQUEST):
+            parts += self._fetch_spans(repo, digest, spans[i:i + MAX_RANGES_PER_REQUEST])
+        return [R.slice_from(parts, (s, e)) for s, e in ranges]
+
+    def _fetch_spans(self, repo: str, digest: str, spans: list[R.Span]) -> list[tuple[int, int, bytes]]:
+        if len(spans) > 1 and self._multirange_ok:
+            try:
+                parts = self._request_ranges(repo, digest, spans)
+                for span in spans:
+                    R.slice_from(parts, span)   # all covered? (some servers answer the first only)
+                return parts
+            except (_MultiRangeRefused, RangeError) as e:
+                log.info("registry %s did not serve a multi-range request (%s); using covering ranges",
+                         self.registry, e)
+                with self._lock:
+                    self._multirange_ok = False
+        if len(spans) > 1:
+            with self._lock:
+                self._fallbacks += 1
+        cover = (spans[0][0], spans[-1][1])
+        return self._request_ranges(repo, digest, [cover])
+
+    def _request_ranges(self, repo: str, digest: str, spans: list[R.Span]) -> list[tuple[int, int, bytes]]:
+        """One range request, repeated (with backoff) when its body breaks mid-transfer."""
+        attempt = 0
+        while True:
+            try:
+                return self._request_ranges_once(repo, digest, spans)
+            except _BodyBroken as e:
+                attempt += 1
+                if attempt > self._t.retries:
+                    raise RegistryError(f"range body broke {attempt} times, last after {e.got} bytes: "
+                                        f"{e.reason}", **self._ctx(repo, digest)) from None
+                log.info("range read of %s broke after %d bytes (%s), retrying", digest, e.got, e.reason)
+                self._t._backoff(attempt - 1)
+
+    def _request_ranges_once(self, repo: str, digest: str, spans: list[R.Span]) -> list[tuple[int, int, bytes]]:
+        ctx = self._ctx(repo, digest)
+        with self._lock:
+            self._range_requests += 1
+        try:
+            r = self._get_blob_response(repo, digest, {"Range": R.range_header(spans)})
+        except RegistryError as e:
+            if len(spans) > 1 and e.status in (400, 501):
+                raise _MultiRangeRefused(e.status) from None
+            raise
+        want_end = spans[-1][1]
+        try:
+            if r.status_code == 416:
+                if len(spans) > 1:
+                    raise _MultiRangeRefused(416)
+                raise RangeError(f"range {spans[0][0]}-{want_end} not satisfiable (blob too short)",
+                                 status=416, **ctx)
+            if r.status_code == 200:
+                # Range ignored: read the prefix we need, drop the connection for the rest.
+                data = self._read(r, want_end)
+                if len(data) < want_end:
+                    raise RangeError(f"blob has {len(data)} bytes, range ends at {want_end}", status=200, **ctx)
+                return [(0, want_end, data)]
+            try:
+                boundary = R.multipart_boundary(r.headers.get("Content-Type"))
+                if boundary is not None:
+                    return R.parse_multipart(self._read(r, None), boundary)
+                start, end, _total = R.parse_content_range(r.headers.get("Content-Range"))
+            except RangeError as e:
+                raise RangeError(e.detail, status=206, **ctx) from None
+            data = self._read(r, end - start)
+            if len(data) != end - start:
+                raise _BodyBroken(len(data), "short body")
+            if len(spans) == 1 and not (start <= spans[0][0] and spans[0][1] <= end):
+                raise RangeError(f"asked {spans[0][0]}-{spans[0][1]}, got {start}-{end} "
+                                 "(blob too short?)", status=206, **ctx)
+            return [(start, end, data)]
+        finally:
+            r.close()
+
+    def _read(self, r, limit: int | None) -> bytes:
+        """Up to ``limit`` bytes (all if None) of a streamed body; _BodyBroken if the transfer breaks."""
+        buf = bytearray()
+        try:
+            while limit is None or len(buf) < limit:
+                n = READ_CHUNK if limit is None else min(READ_CHUNK, limit - len(buf))
+                chunk = r.raw.read(n)
+                if not chunk:
+                    break
+                buf += chunk
+        except READ_ERRORS as e:
+            raise _BodyBroken(len(buf), type(e).__name__) from None
+        finally:
+            self._count_bytes(len(buf))
+        return bytes(buf)
+
+
+class _MultiRangeRefused(Exception):
+    def __init__(self, status: int | None):
+        super().__init__(f"HTTP {status}")
+        self.status = status
+
+
+class _BodyBroken(Exception):
+    def __init__(self, got: int, reason: str):
+        super().__init__(reason)
+        self.got = got
+        self.reason = reason
