@@ -1,0 +1,271 @@
+"""Remote (imgfs) layers: skip-pull on Prepare, one fusefs mount per image, supervision.
+
+Skip-pull: a layer whose labels name an imgfs layer (snapshotter.labels) is verified
+by fetching only its bootstrap (one range request, sha256 against the annotation)
+and recorded as committed; containerd then downloads nothing. Whatever goes wrong
+(plain layer, client without image labels, registry down, bad bootstrap, an image
+with plain layers that fusefs cannot mount) falls back to a plain unpack, logged
+at WARNING with the reason.
+
+Mounts: the image's fusefs mount (`imgfs mount docker://REPO@MANIFEST`) holds all
+its layers merged, whiteouts applied. A chain's lowerdir is that mount for the
+topmost remote layer (it stands for every layer below it too: all layers of an
+imgfs image are imgfs layers) plus the plain snapshots above it. The image used for
+a remote layer is one whose top layer it is (`tops` in its record): an image pulled
+later that ends at an existing layer is added to that list.
+
+Daemon state (image -> mountpoint, pid) is in the store, so a restarted snapshotter
+adopts live daemons, and replaces dead ones at the same mountpoint.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import subprocess
+import threading
+from pathlib import Path
+
+from snapshotter import daemons
+from snapshotter import labels as lb
+from snapshotter import store as st
+from snapshotter.config import Config
+from snapshotter.store import Snapshot, Store
+
+log = logging.getLogger("imgfs.snapshotter")
+
+
+class RemoteLayers:
+    def __init__(self, cfg: Config, store: Store) -> None:
+        self.cfg = cfg
+        self.store = store
+        self.mounts_dir = cfg.root / "mounts"
+        self.daemon_dir = cfg.root / "daemons"
+        self._lock = threading.RLock()
+        self._procs: dict[str, subprocess.Popen] = {}     # our children, by image key
+        self._manifests: dict[tuple[str, str], dict] = {}  # (repo, manifest digest) -> manifest json
+        self.restarts = 0
+
+    # -- registry ---------------------------------------------------------------------
+    def _client(self, host: str):
+        from registry.client import RegistryClient
+
+        r = self.cfg.registry
+        return RegistryClient(registry=host, plain_http=host in r.plain_http, insecure=host in r.insecure,
+                              docker_config=r.credentials or None, timeout=r.timeout, retries=r.retries)
+
+    # -- skip-pull ----------------------------------------------------------------------
+    def try_prepare(self, key: str, parent: str, labels: dict[str, str]) -> dict | None:
+        try:
+            info = lb.parse(labels)
+        except lb.NotImgfs as e:
+            from imgformat import constants as C
+
+            if C.ANNOTATION_BOOTSTRAP_DIGEST in labels:
+                log.warning("FALLBACK to plain unpack of %s: %s", labels.get(lb.TARGET), e)
+            else:
+                log.info("plain layer %s: containerd unpacks it", labels.get(lb.TARGET))
+            return None
+        try:
+            return self._verify(info)
+        except Exception as e:  # noqa: BLE001 - any failure means: unpack it plainly, loudly
+            log.warning("FALLBACK to plain unpack of imgfs layer %s of %s: %s: %s", info.layer_digest,
+                        info.image_ref, type(e).__name__, e)
+            return None
+
+    def _verify(self, info: lb.LayerLabels) -> dict:
+        from imgformat import constants as C
+        from registry.reference import parse_reference
+
+        ref = parse_reference(info.image_ref)
+        client = self._client(ref.registry)
+        mdigest = info.manifest_digest
+        manifest = self._manifests.get((ref.repository, mdigest)) if mdigest else None
+        if manifest is None:
+            m = client.get_manifest(ref.repository, mdigest) if mdigest else client.resolve(ref)
+            mdigest, manifest = m.digest, m.json
+            self._manifests[(ref.repository, mdigest)] = manifest
+        layers = manifest.get("layers") or []
+        digests = [d.get("digest") for d in layers]
+        if info.layer_digest not in digests:
+            raise ValueError(f"layer {info.layer_digest} is not in manifest {mdigest}")
+        plain = [d.get("digest") for d in layers
+                 if C.ANNOTATION_BOOTSTRAP_DIGEST not in (d.get("annotations") or {})]
+        if plain:
+            raise ValueError(f"the image has {len(plain)} plain layer(s) ({plain[0]}, ...), "
+                             "and fusefs mounts only all-imgfs images")
+        start = info.bootstrap_offset
+        payload = client.get_range(ref.repository, info.layer_digest, start, start + info.bootstrap_size)
+        got = "sha256:" + hashlib.sha256(payload).hexdigest()
+        if got != info.bootstrap_digest:
+            raise ValueError(f"bootstrap digest mismatch: annotation {info.bootstrap_digest}, fetched {got}")
+        try:
+            from imgformat.bootstrap import Bootstrap
+        except ImportError:  # the reader is optional for verification: the digest already pins it
+            Bootstrap = None
+        if Bootstrap is not None:
+            Bootstrap.from_blob_bytes(payload)
+        index = digests.index(info.layer_digest)
+        image = {"registry": ref.registry, "repository": ref.repository, "manifest": mdigest,
+                 "ref": info.image_ref}
+        log.info("imgfs layer %d/%d %s of %s verified (bootstrap %d bytes, one range request)",
+                 index + 1, len(digests), info.layer_digest, info.image_ref, len(payload))
+        return {"layer_digest": info.layer_digest, "index": index, "count": len(digests),
+                "bootstrap_digest": info.bootstrap_digest,
+                "tops": [image] if index == len(digests) - 1 else []}
+
+    def note_existing(self, snap: Snapshot, labels: dict[str, str]) -> None:
+        """A pull found its layer already there: remember the image if this layer is its top."""
+        if not snap.remote:
+            return
+        try:
+            info = lb.parse(labels)
+        except lb.NotImgfs:
+            return
+        if not info.layers or info.index != len(info.layers) - 1 or not info.manifest_digest:
+            return
+        from registry.reference import parse_reference
+
+        ref = parse_reference(info.image_ref)
+        image = {"registry": ref.registry, "repository": ref.repository,
+                 "manifest": info.manifest_digest, "ref": info.image_ref}
+        tops = snap.remote.get("tops", [])
+        if all(t["manifest"] != image["manifest"] or t["repository"] != image["repository"] for t in tops):
+            self.store.set_remote(snap.key, {**snap.remote, "tops": [*tops, image]})
+
+    # -- mounts -------------------------------------------------------------------------
+    @staticmethod
+    def image_key(image: dict) -> str:
+        return f"{image['registry']}/{image['repository']}@{image['manifest']}"
+
+    def _image_for(self, chain: list[Snapshot]) -> tuple[int, dict] | None:
+        for i, s in enumerate(chain):
+            if s.remote:
+                tops = s.remote.get("tops") or []
+                if not tops:
+                    raise st.FailedPrecondition(
+                        f"remote layer {s.key!r} is the top of no image pulled here: pull the image "
+                        "that ends at it: failed precondition")
+                return i, tops[0]
+        return None
+
+    def lowerdirs(self, chain: list[Snapshot]) -> list[str]:
+        found = self._image_for(chain)
+        plain = [str(self.cfg.root / "snapshots" / str(s.id) / "fs") for s in chain]
+        if found is None:
+            return plain
+        i, image = found
+        return plain[:i] + [str(self.ensure_mount(image))]
+
+    def mountpoint(self, key: str) -> Path:
+        return self.mounts_dir / hashlib.sha256(key.encode()).hexdigest()[:16]
+
+    def _argv(self, image: dict, mp: Path) -> list[str]:
+        r, f = self.cfg.registry, self.cfg.fetch
+        argv = [*daemons.imgfs_command(self.cfg.imgfs_bin), "mount",
+                f"docker://{image['registry']}/{image['repository']}@{image['manifest']}", str(mp),
+                "--cache-dir", str(self.cfg.cache), "--cache-size", str(self.cfg.cache_size)]
+        if image["registry"] in r.plain_http:
+            argv.append("--plain-http")
+        if image["registry"] in r.insecure:
+            argv.append("--insecure")
+        if f.prefetch_all:
+            argv.append("--prefetch-all")
+        elif not f.prefetch:
+            argv.append("--no-prefetch")
+        return argv
+
+    def ensure_mount(self, image: dict) -> Path:
+        """The image's fusefs mount, started (or restarted) when it is not healthy."""
+        key = self.image_key(image)
+        with self._lock:
+            mp = self.mountpoint(key)
+            row = {r[0]: r for r in self.store.daemons()}.get(key)
+            if row is not None and daemons.alive(row[2]) and daemons.healthy(mp):
+                return mp
+            self._start(key, image, mp, row[2] if row else 0)
+            return mp
+
+    def _start(self, key: str, image: dict, mp: Path, old_pid: int) -> None:
+        if old_pid and daemons.alive(old_pid) and daemons.cmdline_has(old_pid, str(mp)):
+            daemons.stop(old_pid, mp, self._procs.pop(key, None))
+        daemons.unmount(mp)          # a dead daemon leaves an ENOTCONN mount behind
+        logfile = self.daemon_dir / mp.name / "imgfs.log"
+        proc = daemons.start(self._argv(image, mp), mp, logfile, self.cfg.mount_timeout)
+        self._procs[key] = proc
+        self.store.put_daemon(key, str(mp), proc.pid, image)
+        log.info("fusefs daemon %d serves %s at %s", proc.pid, key, mp)
+
+    def release_unused(self, live: list[list[Snapshot]]) -> None:
+        """Stops the daemons no active or view snapshot needs; frees their mountpoints."""
+        needed = set()
+        for chain in live:
+            try:
+                found = self._image_for(chain)
+            except st.FailedPrecondition:
+                continue
+            if found is not None:
+                needed.add(self.image_key(found[1]))
+        with self._lock:
+            for key, mp, pid, _spec in self.store.daemons():
+                if key in needed:
+                    continue
+                log.info("stopping unused fusefs daemon %d of %s", pid, key)
+                if daemons.alive(pid) and daemons.cmdline_has(pid, mp):
+                    daemons.stop(pid, Path(mp), self._procs.pop(key, None))
+                else:
+                    daemons.unmount(mp)
+                    proc = self._procs.pop(key, None)
+                    if proc is not None:
+                        proc.wait()
+                self.store.drop_daemon(key)
+                try:
+                    Path(mp).rmdir()
+                except OSError:
+                    pass
+
+    # -- recovery and supervision --------------------------------------------------------
+    def recover(self) -> None:
+        """At start: adopt live daemons of the last run, replace dead ones, drop stray mounts."""
+        with self._lock:
+            known = set()
+            for key, mp, pid, spec in self.store.daemons():
+                known.add(Path(mp).name)
+                if daemons.alive(pid) and daemons.cmdline_has(pid, mp) and daemons.healthy(mp):
+                    log.info("adopted fusefs daemon %d of %s at %s", pid, key, mp)
+                    continue
+                log.warning("fusefs daemon %d of %s is gone: restarting it at %s", pid, key, mp)
+                try:
+                    self._start(key, spec, Path(mp), pid)
+                    self.restarts += 1
+                except daemons.MountError as e:
+                    log.error("cannot restart fusefs daemon of %s: %s", key, e)
+            if self.mounts_dir.exists():
+                for d in self.mounts_dir.iterdir():
+                    if d.name not in known:
+                        daemons.unmount(d)
+                        try:
+                            d.rmdir()
+                        except OSError:
+                            pass
+
+    def check_once(self) -> None:
+        """Restarts every daemon that died or whose mount stopped answering."""
+        with self._lock:
+            for key, proc in list(self._procs.items()):
+                proc.poll()          # reap a dead child so that it is no zombie
+            for key, mp, pid, spec in self.store.daemons():
+                if daemons.alive(pid) and daemons.healthy(mp):
+                    continue
+                log.warning("fusefs daemon %d of %s died or hangs: restarting it at %s", pid, key, mp)
+                try:
+                    self._start(key, spec, Path(mp), pid)
+                    self.restarts += 1
+                except daemons.MountError as e:
+                    log.error("cannot restart fusefs daemon of %s: %s", key, e)
+
+    def supervise(self, stop: threading.Event) -> None:
+        while not stop.wait(self.cfg.supervise_interval):
+            try:
+                self.check_once()
+            except Exception:   # the supervisor must outlive one bad check
+                log.exception("supervision check failed")
