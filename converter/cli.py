@@ -1,0 +1,180 @@
+"""`imgconv`: argument parsing and the one place errors become exit codes.
+
+Exit codes (docs/internals.md, docs/imgconv.md): 0 ok, 1 check found
+differences, 2 usage error, 3 bad input, 4 registry/IO failure.
+Subcommand modules are imported lazily so `imgconv --help` stays fast and a
+usage error never needs registry/ or imgformat/.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import re
+import sys
+from pathlib import Path
+
+from converter.errors import EXIT_USAGE, UsageError, exit_code_for
+from converter.location import parse_location
+
+log = logging.getLogger("imgconv")
+_SIZE_RE = re.compile(r"^(\d+)([KkMm]i?[Bb]?)?$")
+
+
+def parse_size(text: str) -> int:
+    """`1048576`, `1M`, `1MiB`, `64K`: chunk sizes are powers of two in practice."""
+    m = _SIZE_RE.match(text.strip())
+    if not m:
+        raise argparse.ArgumentTypeError(f"bad size {text!r}: use e.g. 1M, 256K or a byte count")
+    n = int(m.group(1))
+    unit = (m.group(2) or "").lower()[:1]
+    return n * {"": 1, "k": 1 << 10, "m": 1 << 20}[unit]
+
+
+def parse_compression(text: str) -> int:
+    """`zstd` or `zstd:LEVEL` -> zstd level (only zstd: chunks must be independently decodable)."""
+    algo, _, level = text.partition(":")
+    if algo != "zstd":
+        raise argparse.ArgumentTypeError(f"unsupported compression {algo!r}: only zstd[:LEVEL]")
+    if not level:
+        return 3
+    if not re.fullmatch(r"-?\d+", level) or not -7 <= int(level) <= 22:
+        raise argparse.ArgumentTypeError(f"bad zstd level {level!r}: -7..22")
+    return int(level)
+
+
+def _registry_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--plain-http", action="store_true", help="talk HTTP, not HTTPS, to registries")
+    p.add_argument("--insecure", action="store_true", help="do not verify registry TLS certificates")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="imgconv", description="Convert OCI images to the imgfs lazy-loading format.",
+        epilog="Locations: docker://HOST/REPO:TAG, oci:DIR[:TAG], docker-archive:FILE. "
+               "Exit codes: 0 ok, 1 differences, 2 usage, 3 bad input, 4 registry/IO failure.")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("convert", help="convert an image and push it or write it as an OCI layout")
+    p.add_argument("source")
+    p.add_argument("destination")
+    _registry_flags(p)
+    p.add_argument("--chunk-size", type=parse_size, default=1 << 20, help="64K..16M, default 1M")
+    p.add_argument("--compression", type=parse_compression, default=3, metavar="zstd[:LEVEL]")
+    plat = p.add_mutually_exclusive_group()
+    plat.add_argument("--platform", help="OS/ARCH[/VARIANT] to pick from an index (default linux/amd64)")
+    plat.add_argument("--all-platforms", action="store_true", help="convert every platform of an index")
+    p.add_argument("--prefetch-list", type=Path, help="file listing paths to place first, in access order")
+    p.add_argument("--json", action="store_true", help="print a machine-readable summary")
+    p.add_argument("--workdir", type=Path, help="where converted blobs are spooled (default: $TMPDIR)")
+    p.add_argument("--jobs", type=int, default=0, help="layers converted at once (default: cores)")
+    p.set_defaults(func=_cmd_convert)
+
+    p = sub.add_parser("inspect", help="show layers, files, chunks, sizes and the prefetch table")
+    p.add_argument("image")
+    _registry_flags(p)
+    p.add_argument("--platform")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_inspect)
+
+    p = sub.add_parser("check", help="prove a converted image has the same rootfs as the original")
+    p.add_argument("original")
+    p.add_argument("converted")
+    _registry_flags(p)
+    p.add_argument("--platform")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--workdir", type=Path)
+    p.set_defaults(func=_cmd_check)
+
+    p = sub.add_parser("unpack", help="materialise the merged rootfs of an imgfs image (no FUSE)")
+    p.add_argument("image")
+    p.add_argument("dir", type=Path)
+    _registry_flags(p)
+    p.add_argument("--platform")
+    p.add_argument("--workdir", type=Path)
+    p.set_defaults(func=_cmd_unpack)
+    return parser
+
+
+def _registry_opts(args: argparse.Namespace) -> dict:
+    return {"plain_http": args.plain_http, "insecure": args.insecure}
+
+
+def _cmd_convert(args: argparse.Namespace) -> int:
+    from converter.convert import ConvertOptions, convert
+    from converter.prefetchlist import load_prefetch_list
+
+    src, dst = parse_location(args.source), parse_location(args.destination)
+    if dst.kind == "docker-archive":
+        raise UsageError("docker-archive: is a source only; write to docker:// or oci:")
+    if not (64 << 10) <= args.chunk_size <= (16 << 20):
+        raise UsageError(f"--chunk-size {args.chunk_size} outside 64K..16M")
+    if args.jobs < 0:
+        raise UsageError("--jobs must be >= 0")
+    opts = ConvertOptions(chunk_size=args.chunk_size, level=args.compression,
+                          prefetch=load_prefetch_list(args.prefetch_list) if args.prefetch_list else None,
+                          workdir=args.workdir, jobs=args.jobs, platform=args.platform,
+                          all_platforms=args.all_platforms)
+    summary = convert(src, dst, opts, _registry_opts(args), show_progress=sys.stderr.isatty())
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print(f"{summary['destination']}: {summary['manifest_digest']} "
+              f"({summary['uncompressed_bytes']} bytes in {summary['seconds']} s)")
+    return 0
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    from converter.inspect import inspect_image, render
+
+    report = inspect_image(parse_location(args.image), args.platform, _registry_opts(args))
+    print(json.dumps(report, indent=2) if args.json else render(report))
+    return 0
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    from converter.check import check_images
+
+    diffs, stats = check_images(parse_location(args.original), parse_location(args.converted),
+                                args.platform, _registry_opts(args), args.workdir)
+    if args.json:
+        print(json.dumps({"ok": not diffs, "differences": diffs, **stats}, indent=2))
+    else:
+        for d in diffs:
+            print(d)
+        print(("OK: " if not diffs else f"DIFFERENT ({len(diffs)} differences): ")
+              + f"{stats['paths']} paths, {stats['chunks_verified']} chunks verified")
+    return 1 if diffs else 0
+
+
+def _cmd_unpack(args: argparse.Namespace) -> int:
+    from converter.unpack import unpack_image
+
+    stats = unpack_image(parse_location(args.image), args.dir, args.platform, _registry_opts(args),
+                         args.workdir)
+    print(f"{args.dir}: {stats['paths']} paths, {stats['bytes']} bytes")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)       # argparse exits 2 on usage errors itself
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format="imgconv: %(levelname)s: %(message)s")
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("imgconv: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # the CLI edge: every error becomes one line and a documented code
+        code = exit_code_for(exc)
+        if args.verbose:
+            log.exception("failed")
+        name = "" if code == EXIT_USAGE or type(exc).__module__.startswith("converter") \
+            else f"{type(exc).__name__}: "
+        print(f"imgconv: error: {name}{exc}", file=sys.stderr)
+        return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
