@@ -189,6 +189,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
         code = EXIT_FAIL
         if not pipe.closed:
             pipe.write(f"error 1 {type(exc).__name__}: {exc}".replace("\n", " ").encode() + b"\n")
+    logging.shutdown()
     os._exit(code)
 
 

@@ -34,6 +34,7 @@ from fusefs.prefetch import Prefetcher
 from fusefs.reader import DEFAULT_READAHEAD, DEFAULT_SMALL_FILE, FileReader, ReaderConfig
 from fusefs.source import ImageError, LayerRef, SourceError, open_image
 from fusefs.store import ChunkStore
+from fusefs.view import SingleLayerView
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +69,6 @@ class MountConfig:
 def _fetch_bootstrap(source: Any, layer: LayerRef) -> Any:
     """One range request for the layer's bootstrap (two if the annotations lack its place)."""
     from imgformat.bootstrap import Bootstrap
-
     from imgformat.footer import FOOTER_SIZE, parse_footer
 
     off, size = layer.bootstrap_offset, layer.bootstrap_size
@@ -80,13 +80,11 @@ def _fetch_bootstrap(source: Any, layer: LayerRef) -> Any:
         if got != layer.bootstrap_digest:
             raise ImageError(f"layer {layer.digest}: bootstrap digest {got} does not match "
                              f"the pinned {layer.bootstrap_digest}")
-    return Bootstrap.from_blob_bytes(payload)
+    return Bootstrap.from_blob_bytes(payload, blob_digest=layer.digest)
 
 
 async def load_image(cfg: MountConfig) -> tuple[list[LayerRef], Any, list[Any], Any]:
     """Resolve IMAGE and fetch + merge its bootstraps; returns (layers, source, bootstraps, view)."""
-    from imgformat.merge import MergedView
-
     from imgformat.errors import ImgFormatError
 
     layers, source, _digest = await trio.to_thread.run_sync(
@@ -112,7 +110,12 @@ async def load_image(cfg: MountConfig) -> tuple[list[LayerRef], Any, list[Any], 
         for i in range(len(layers)):
             nursery.start_soon(one, i)
     try:
-        view = MergedView(bootstraps, blob_digests=[lr.digest for lr in layers])
+        if len(bootstraps) == 1:
+            view = SingleLayerView(bootstraps[0], layers[0].digest)
+        else:
+            from imgformat.merge import MergedView
+
+            view = MergedView(bootstraps, blob_digests=[lr.digest for lr in layers])
     except ImgFormatError as exc:
         raise ImageError(f"cannot merge the layers: {exc}") from exc
     return layers, source, bootstraps, view

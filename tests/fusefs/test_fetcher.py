@@ -121,7 +121,7 @@ def test_source_failure_is_fetch_error_and_next_read_works(tmp_path):
 def test_prefetch_waits_for_on_demand(tmp_path):
     data, refs, _ = make_blob(6, gap=1 << 20)                    # every chunk its own request
     blob = MemoryBlob(data)
-    fetcher, store = _fetcher(tmp_path, blob)
+    fetcher, _store = _fetcher(tmp_path, blob)
     order: list[str] = []
 
     async def main():
