@@ -218,7 +218,8 @@ class Authenticator:
         try:
             doc = r.json()
             tok = doc.get("token") or doc.get("access_token")
-            lifetime = float(doc.get("expires_in") or DEFAULT_TOKEN_LIFETIME)
+            lifetime = float(doc["expires_in"]) if doc.get("expires_in") is not None \
+                else DEFAULT_TOKEN_LIFETIME
         except (ValueError, AttributeError, TypeError):
             raise AuthError(f"token endpoint {realm_host} sent an unparsable answer",
                             registry=self.registry, status=r.status_code) from None

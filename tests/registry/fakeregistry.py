@@ -49,7 +49,7 @@ class FakeRegistry:
         self.lock = threading.Lock()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
         self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.02,), daemon=True)
         self.thread.start()
 
     @property
@@ -115,7 +115,8 @@ def _handler(reg: FakeRegistry):
                         return True
                 self._error(401, "UNAUTHORIZED", {"WWW-Authenticate": 'Basic realm="fake"'})
                 return False
-            repo = self.path.split("/")[2] if self.path.count("/") > 2 else ""
+            m = re.match(r"/v2/(.+)/(blobs|manifests|tags)/", self.path)
+            repo = m.group(1) if m else ""
             with reg.lock:
                 ok = got.startswith("Bearer ") and got[7:] in reg.tokens
             if ok:

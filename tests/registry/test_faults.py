@@ -1,0 +1,142 @@
+"""Faults a real registry cannot be made to produce: 5xx/429 bursts, ignored or refused ranges,
+cut bodies, corrupt bytes, dead or silent servers."""
+from __future__ import annotations
+
+import socket
+import time
+
+import pytest
+
+from registry.client import DigestMismatch, RegistryClient, RegistryError
+from registry.errors import RangeError
+from registry.transport import retry_after
+from tests.registry.images import pattern
+
+DATA = pattern(200_000, 7)
+
+
+def client_for(host, cfg, **kw) -> RegistryClient:
+    kw.setdefault("retries", 3)
+    kw.setdefault("backoff", 0.01)
+    return RegistryClient(host, plain_http=True, docker_config=cfg, **kw)
+
+
+def test_503_twice_then_ok(fake, no_docker_config):
+    d = fake.add_blob(DATA)
+    fake.b.faults = [503, 503]
+    c = client_for(fake.host, no_docker_config)
+    assert c.get_blob("r/x", d) == DATA
+    assert c.statistics().retries == 2
+    assert fake.count("GET", "/blobs/") == 3
+
+
+def test_503_outlasting_the_retries_is_an_error(fake, no_docker_config):
+    d = fake.add_blob(DATA)
+    fake.b.faults = [503, 502, 500]
+    c = client_for(fake.host, no_docker_config, retries=2)
+    with pytest.raises(RegistryError) as ei:
+        c.get_range("r/x", d, 0, 10)
+    assert ei.value.status == 500 and "r/x" in str(ei.value) and d in str(ei.value)
+    assert fake.count("GET", "/blobs/") == 3
+
+
+def test_429_honours_retry_after(fake, no_docker_config):
+    d = fake.add_blob(DATA)
+    fake.b.faults = [(429, {"Retry-After": "1"})]
+    c = client_for(fake.host, no_docker_config, backoff=0)
+    t0 = time.monotonic()
+    assert c.get_range("r/x", d, 5, 50) == DATA[5:50]
+    assert time.monotonic() - t0 >= 0.9
+    assert c.statistics().retries == 1
+
+
+def test_retry_after_parsing():
+    class R:
+        def __init__(self, v):
+            self.headers = {"Retry-After": v} if v is not None else {}
+
+    assert retry_after(R("3")) == 3.0
+    assert retry_after(R(None)) is None
+    assert retry_after(R("garbage")) is None
+    assert retry_after(R("Wed, 21 Oct 2015 07:28:00 GMT")) == 0.0   # in the past
+
+
+def test_404_is_not_retried(fake, no_docker_config):
+    c = client_for(fake.host, no_docker_config)
+    assert c.blob_exists("r/x", "sha256:" + "0" * 64) is None
+    assert fake.count("HEAD", "/blobs/") == 1
+
+
+def test_range_ignored_whole_body_sliced_locally(fake, no_docker_config):
+    d = fake.add_blob(DATA)
+    fake.b.range_mode = "ignore"
+    c = client_for(fake.host, no_docker_config)
+    assert c.get_range("r/x", d, 1000, 1010) == DATA[1000:1010]
+    wanted = [(150_000, 150_500), (3, 4), (199_000, 200_000)]
+    assert c.get_ranges("r/x", d, wanted) == [DATA[s:e] for s, e in wanted]
+    with pytest.raises(RangeError):
+        c.get_range("r/x", d, 199_999, 200_001)
+
+
+@pytest.mark.parametrize("mode", ["refuse_multi", "refuse_400", "first_only"])
+def test_multi_range_refused_falls_back_to_covering_range(fake, no_docker_config, mode):
+    d = fake.add_blob(DATA)
+    fake.b.range_mode = mode
+    c = client_for(fake.host, no_docker_config)
+    wanted = [(100, 200), (50_000, 50_100), (10, 20)]
+    assert c.get_ranges("r/x", d, wanted) == [DATA[s:e] for s, e in wanted]
+    ranges = [s.headers.get("Range") for s in fake.seen if s.method == "GET"]
+    assert ranges == ["bytes=10-19,100-199,50000-50099", "bytes=10-50099"]
+    # learnt: the next multi-range read goes straight to one covering range
+    assert c.get_ranges("r/x", d, [(0, 1), (10, 11)]) == [DATA[0:1], DATA[10:11]]
+    assert [s.headers.get("Range") for s in fake.seen if s.method == "GET"][-1] == "bytes=0-10"
+    assert c.statistics().multirange_fallbacks == 2
+
+
+def test_multipart_answer_is_parsed(fake, no_docker_config):
+    d = fake.add_blob(DATA)
+    c = client_for(fake.host, no_docker_config)
+    wanted = [(0, 3), (100_000, 100_100), (1, 2), (199_990, 200_000)]
+    assert c.get_ranges("r/x", d, wanted) == [DATA[s:e] for s, e in wanted]
+    assert fake.count("GET", "/blobs/") == 1
+
+
+def test_cut_stream_resumes_with_range_and_verifies(fake, no_docker_config):
+    d = fake.add_blob(DATA)
+    fake.b.truncate_once = True
+    c = client_for(fake.host, no_docker_config)
+    with c.open_blob("r/x", d) as f:
+        got = f.read()
+    assert got == DATA
+    gets = [s.headers.get("Range") for s in fake.seen if s.method == "GET"]
+    assert gets[0] is None and gets[1].startswith("bytes=") and gets[1] != "bytes=0-"
+
+
+def test_corrupt_bytes_are_never_returned_as_the_blob(fake, no_docker_config):
+    d = fake.add_blob(DATA)
+    fake.b.corrupt = True
+    c = client_for(fake.host, no_docker_config)
+    with pytest.raises(DigestMismatch) as ei:
+        c.get_blob("r/x", d)
+    assert d in str(ei.value) and fake.host in str(ei.value)
+
+
+def test_connection_refused_is_an_error_after_retries(no_docker_config):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]   # closed again: nothing listens there
+    c = client_for(f"127.0.0.1:{port}", no_docker_config, retries=2)
+    with pytest.raises(RegistryError) as ei:
+        c.get_manifest("r/x", "latest")
+    assert "ConnectionError" in str(ei.value) and "3 attempt" in str(ei.value)
+    assert c.statistics().retries == 2
+
+
+def test_silent_server_times_out(no_docker_config):
+    with socket.socket() as srv:      # accepts connections (backlog) but never answers
+        srv.bind(("127.0.0.1", 0))
+        srv.listen(16)
+        c = client_for(f"127.0.0.1:{srv.getsockname()[1]}", no_docker_config, retries=1, timeout=0.3)
+        with pytest.raises(RegistryError) as ei:
+            c.get_blob("r/x", "sha256:" + "1" * 64)
+    assert "Timeout" in str(ei.value)
