@@ -82,7 +82,7 @@ def _convert_one(img: SourceImage, index: int, opts: ConvertOptions, work: Path,
                  cancel: threading.Event, progress: Progress) -> _Done:
     """Convert layer `index` of `img` into a blob file in `work`; verify both source digests."""
     from imgformat import constants as C
-    from imgformat.layer import convert_layer
+    from imgformat.layer import FormatError, convert_layer
 
     t0 = time.monotonic()
     layer = img.layers[index]
@@ -91,8 +91,11 @@ def _convert_one(img: SourceImage, index: int, opts: ConvertOptions, work: Path,
     tmp = work / f"layer-{layer.digest[7:]}.tmp"
     try:
         with checker, open(tmp, "wb") as out:
-            res = convert_layer(io.BufferedReader(tar, READ_SIZE), out, chunk_size=opts.chunk_size,
-                                level=opts.level, prefetch=opts.prefetch, workdir=work)
+            try:
+                res = convert_layer(io.BufferedReader(tar, READ_SIZE), out, chunk_size=opts.chunk_size,
+                                    level=opts.level, prefetch=opts.prefetch, workdir=work)
+            except FormatError as e:
+                raise BadInput(f"layer {index} ({layer.digest}): {e}") from None
             source_diff_id = tar.finish()      # drain past the tar's end: verifies the stream
             checker.finish()
         expected = img.diff_ids[index]
