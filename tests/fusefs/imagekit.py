@@ -136,3 +136,28 @@ def push(layout: Path, host: str, repo: str, tag: str = "latest") -> str:
     if out.returncode != 0:
         raise RuntimeError(f"skopeo copy to {host}/{repo}:{tag} failed: {out.stderr.strip()}")
     return f"docker://{host}/{repo}:{tag}"
+
+
+def layer_bootstraps(layout: Path) -> list[tuple[str, object]]:
+    """(blob digest, Bootstrap) of every layer of an imgfs layout, bottom first."""
+    from imgformat.bootstrap import Bootstrap
+
+    index = json.loads((layout / "index.json").read_text())
+    man = json.loads((layout / "blobs/sha256" / index["manifests"][0]["digest"][7:]).read_bytes())
+    out = []
+    for d in man["layers"]:
+        blob = (layout / "blobs/sha256" / d["digest"][7:]).read_bytes()
+        off = int(d["annotations"][C.ANNOTATION_BOOTSTRAP_OFFSET])
+        size = int(d["annotations"][C.ANNOTATION_BOOTSTRAP_SIZE])
+        out.append((d["digest"], Bootstrap.from_blob_bytes(blob[off:off + size], blob_digest=d["digest"])))
+    return out
+
+
+def file_chunks(layout: Path, path: str, layer: int = 0) -> tuple[str, list]:
+    """(blob digest, [ChunkInfo]) holding ``path`` in layer ``layer`` of an imgfs layout."""
+    digest, bs = layer_bootstraps(layout)[layer]
+    ino = bs.root
+    for part in path.split("/"):
+        ino = bs.lookup(ino, part.encode())
+        assert ino is not None, path
+    return digest, [bs.chunk(s.chunk_index) for s in bs.segments(ino, 0, bs.getattr(ino).size)]

@@ -13,7 +13,6 @@ import uuid
 
 import pytest
 
-from imgformat.bootstrap import Bootstrap
 from tests.fusefs import imagekit
 from tests.fusefs.conftest import run_imgfs, small_files
 from tests.fusefs.imagekit import blob_data
@@ -25,26 +24,9 @@ def _repo(name: str) -> str:
     return f"fusefs/{name}-{uuid.uuid4().hex[:8]}"
 
 
-def _layer_bootstraps(layout) -> list[tuple[str, Bootstrap]]:
-    index = json.loads((layout / "index.json").read_text())
-    man = json.loads((layout / "blobs/sha256" / index["manifests"][0]["digest"][7:]).read_bytes())
-    out = []
-    for d in man["layers"]:
-        blob = (layout / "blobs/sha256" / d["digest"][7:]).read_bytes()
-        ann = d["annotations"]
-        off = int(ann["containerd.io/snapshot/imgfs.bootstrap.offset"])
-        size = int(ann["containerd.io/snapshot/imgfs.bootstrap.size"])
-        out.append((d["digest"], Bootstrap.from_blob_bytes(blob[off:off + size], blob_digest=d["digest"])))
-    return out
-
-
 def _chunk_span(layout, path: str) -> tuple[str, int]:
     """(blob digest, compressed bytes of the merged range) holding ``path`` of the bottom layer."""
-    digest, bs = _layer_bootstraps(layout)[0]
-    ino = bs.root
-    for part in path.split("/"):
-        ino = bs.lookup(ino, part.encode())
-    infos = [bs.chunk(s.chunk_index) for s in bs.segments(ino, 0, bs.getattr(ino).size)]
+    digest, infos = imagekit.file_chunks(layout, path)
     start = min(i.comp_offset for i in infos)
     end = max(i.comp_offset + i.comp_size for i in infos)
     return digest, end - start
@@ -153,7 +135,7 @@ def test_two_images_sharing_a_layer_fetch_shared_chunks_once(mount_image, regist
     for name in [*small_files(), "big/blob", "etc/hostname-again"]:
         assert (a.mountpoint / name).read_bytes() == (b.mountpoint / name).read_bytes()
     assert (b.mountpoint / "etc/top").read_bytes() == b"top-b\n"
-    base_blob = _layer_bootstraps(synthetic_layouts["b"])[0][0]
+    base_blob = imagekit.layer_bootstraps(synthetic_layouts["b"])[0][0]
     b_base_gets = [g for g in _repo_blob_gets(registry, repo_b) if base_blob in g]
     assert len(b_base_gets) == 1, b_base_gets                          # the bootstrap, no chunk
     assert b.metrics()['imgfs_registry_requests_total{kind="ondemand"}'] <= 1   # etc/top only
