@@ -1,0 +1,193 @@
+"""End to end: real containerd 1.6 + runc, real docker-registry, real FUSE mounts.
+
+One stack (snapshotter + containerd) serves the whole module; tests use their own
+container ids, and the destructive ones (kill -9 of a daemon, of the snapshotter)
+come last and leave the stack working.
+"""
+from __future__ import annotations
+
+import os
+import re
+import signal
+import time
+
+import grpc
+import pytest
+import requests
+
+from imgformat import constants as C
+from snapshotter.proto import snapshots_pb2 as pb
+from snapshotter.proto import snapshots_pb2_grpc as pbg
+
+pytestmark = pytest.mark.e2e
+
+PY = ("python3", "-c", "import sys; print('hello from', sys.implementation.name)")
+MANIFEST_ACCEPT = "application/vnd.oci.image.manifest.v1+json"
+
+
+def manifest(host: str, ref: str) -> dict:
+    repo, _, tag = ref.split("/", 1)[1].rpartition(":")
+    return requests.get(f"http://{host}/v2/{repo}/manifests/{tag}", timeout=30,
+                        headers={"Accept": MANIFEST_ACCEPT}).json()
+
+
+_ACCESS = re.compile(r'"GET /v2/\S+/blobs/(sha256:[0-9a-f]{64}) HTTP/[\d.]+" (\d+) (\d+)')
+
+
+def log_lines(registry) -> int:
+    return len(registry.log.read_text(errors="replace").splitlines())
+
+
+def blob_gets(registry, since: int, digests: set[str]) -> list[tuple[str, int, int]]:
+    """(digest, HTTP status, bytes sent) of blob GETs of `digests` in the registry's access log
+    after line `since`."""
+    out = []
+    for ln in registry.log.read_text(errors="replace").splitlines()[since:]:
+        m = _ACCESS.search(ln)
+        if m and m.group(1) in digests:
+            out.append((m.group(1), int(m.group(2)), int(m.group(3))))
+    return out
+
+
+def backend_snapshots(stack) -> list[tuple[str, str, int]]:
+    """(key, parent, kind) of every snapshot, asked of the snapshotter itself."""
+    with grpc.insecure_channel(f"unix://{stack.snap.socket}") as ch:
+        infos = [i for r in pbg.SnapshotsStub(ch).List(pb.ListSnapshotsRequest()) for i in r.info]
+    return sorted((i.name, i.parent, i.kind) for i in infos)
+
+
+def wait_for(cond, what: str, timeout: float = 60):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = cond()
+        if v:
+            return v
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def test_plain_image_runs_through_imgfs(stack, tiny_refs):
+    ref = tiny_refs["plain"]
+    stack.ctd.ctr("images", "pull", "--plain-http", "--snapshotter", "imgfs", ref)
+    out = stack.run(ref, "plain-1", "/bin/sh", "-c", "echo plain-ok")
+    assert out.strip() == "plain-ok"
+    assert not stack.daemon_pids()           # a plain image needs no fusefs daemon
+
+
+def test_rpull_fetches_no_layer_in_full_and_runs(stack, registry, debian_refs):
+    ref = debian_refs["imgfs"]
+    layers = {d["digest"]: d["size"] for d in manifest(registry.host, ref)["layers"]}
+    since = log_lines(registry)
+    stack.ctd.ctr_remote("images", "rpull", "--plain-http", "--snapshotter", "imgfs", ref)
+    gets = blob_gets(registry, since, set(layers))
+    assert len(gets) == len(layers)          # one bootstrap range request per layer, nothing else
+    assert all(status == 206 and written < layers[d] for d, status, written in gets), gets
+    assert "skip-pull" in stack.snap.log_text()
+
+    since = log_lines(registry)
+    out = stack.run(ref, "lazy-1", *PY)
+    assert out.strip() == "hello from cpython"
+    gets = blob_gets(registry, since, set(layers))
+    assert all(status == 206 for _, status, _ in gets), gets       # ranges only, no full blob
+    assert sum(w for _, _, w in gets) < sum(layers.values())
+
+
+def test_two_containers_share_one_daemon_and_cleanup_frees_all(stack, debian_refs):
+    ref = debian_refs["imgfs"]
+    stack.ctd.ctr_remote("images", "rpull", "--plain-http", "--snapshotter", "imgfs", ref)
+    for cid in ("share-1", "share-2"):
+        stack.ctd.ctr("run", "-d", "--snapshotter", "imgfs", ref, cid, "sleep", "600")
+    try:
+        pids = stack.daemon_pids()
+        assert len(pids) == 1 and len(stack.fuse_mounts()) == 1
+    finally:
+        for cid in ("share-1", "share-2"):
+            stack.ctd.ctr("tasks", "kill", "-s", "SIGKILL", cid, check=False)
+            wait_for(lambda c=cid: "STOPPED" in stack.ctd.ctr("tasks", "ls").stdout
+                     or c not in stack.ctd.ctr("tasks", "ls").stdout, f"task {cid} to stop")
+            stack.ctd.ctr("tasks", "rm", "-f", cid, check=False)
+            stack.ctd.ctr("containers", "rm", cid, check=False)
+    stack.ctd.ctr("images", "rm", "--sync", ref)
+    # containerd's GC removes the snapshots and calls Cleanup; ask for it again to be sure.
+    with grpc.insecure_channel(f"unix://{stack.snap.socket}") as ch:
+        pbg.SnapshotsStub(ch).Cleanup(pb.CleanupRequest())
+    wait_for(lambda: not stack.daemon_pids() and not stack.fuse_mounts(), "daemon and mount to go")
+    with grpc.insecure_channel(f"unix://{stack.snap.socket}") as ch:
+        left = [i for r in pbg.SnapshotsStub(ch).List(pb.ListSnapshotsRequest()) for i in r.info]
+    assert not [i.name for i in left if "share" in i.name]
+    assert not list(stack.mounts_dir().glob("*"))     # mountpoints removed too
+
+
+def test_prepare_with_registry_down_falls_back_loudly(stack, fresh_registry, tiny_refs):
+    """A Prepare naming an imgfs layer whose registry is unreachable unpacks plainly, and logs why."""
+    from tests.snapshotter.conftest import imgconv
+    from tests.snapshotter.tinyimage import push_tiny_image
+
+    host = fresh_registry.host
+    push_tiny_image(host, "down", "plain")
+    imgconv("convert", "--plain-http", f"docker://{host}/down:plain", f"docker://{host}/down:imgfs")
+    desc = manifest(host, f"{host}/down:imgfs")["layers"][0]
+    fresh_registry.stop()
+    labels = {k: v for k, v in desc["annotations"].items() if k.startswith("containerd.io/snapshot/")}
+    labels.update({"containerd.io/snapshot.ref": "down-target",
+                   "containerd.io/snapshot/remote/stargz.reference": f"{host}/down:imgfs",
+                   "containerd.io/snapshot/remote/stargz.digest": desc["digest"]})
+    assert C.ANNOTATION_BOOTSTRAP_DIGEST in labels
+    with grpc.insecure_channel(f"unix://{stack.snap.socket}") as ch:
+        stub = pbg.SnapshotsStub(ch)
+        mounts = stub.Prepare(pb.PrepareSnapshotRequest(key="down-extract", labels=labels)).mounts
+        assert mounts[0].type == "bind"      # an ordinary active snapshot: containerd unpacks into it
+        with pytest.raises(grpc.RpcError) as ei:
+            stub.Stat(pb.StatSnapshotRequest(key="down-target"))
+        assert ei.value.code() == grpc.StatusCode.NOT_FOUND
+        stub.Remove(pb.RemoveSnapshotRequest(key="down-extract"))
+    log = stack.snap.log_text()
+    assert re.search(r"WARNING .*FALLBACK to plain unpack of imgfs layer " + desc["digest"], log)
+
+
+def test_kill9_fusefs_daemon_is_restarted(stack, debian_refs):
+    ref = debian_refs["imgfs"]
+    stack.ctd.ctr_remote("images", "rpull", "--plain-http", "--snapshotter", "imgfs", ref)
+    stack.ctd.ctr("run", "-d", "--snapshotter", "imgfs", ref, "k9-hold", "sleep", "600")
+    try:
+        (pid,) = stack.daemon_pids()
+        os.kill(pid, signal.SIGKILL)
+        new = wait_for(lambda: stack.fuse_mounts() and [p for p in stack.daemon_pids() if p != pid],
+                       "a new fusefs daemon and its mount")
+        assert len(new) == 1 and len(stack.fuse_mounts()) == 1
+        assert "died or hangs: restarting" in stack.snap.log_text()
+        assert stack.run(ref, "k9-next", *PY).strip() == "hello from cpython"
+    finally:
+        stack.ctd.ctr("tasks", "kill", "-s", "SIGKILL", "k9-hold", check=False)
+        wait_for(lambda: "RUNNING" not in stack.ctd.ctr("tasks", "ls").stdout, "k9-hold to stop")
+        stack.ctd.ctr("tasks", "rm", "-f", "k9-hold", check=False)
+        stack.ctd.ctr("containers", "rm", "k9-hold", check=False)
+
+
+def test_kill9_snapshotter_and_restart(stack, debian_refs):
+    ref = debian_refs["imgfs"]
+    stack.ctd.ctr_remote("images", "rpull", "--plain-http", "--snapshotter", "imgfs", ref)
+    stack.ctd.ctr("run", "-d", "--snapshotter", "imgfs", ref, "crash-hold", "sleep", "600")
+    try:
+        before = stack.ctd.ctr("snapshots", "--snapshotter", "imgfs", "ls").stdout
+        backend_before = backend_snapshots(stack)
+        daemons_before = stack.daemon_pids()
+        stack.snap.kill9()
+        assert stack.daemon_pids() == daemons_before        # the daemon outlives the crash
+        stack.restart_snapshotter()
+        after = stack.retry(lambda: stack.ctd.ctr("snapshots", "--snapshotter", "imgfs", "ls").stdout)
+        assert sorted(after.splitlines()) == sorted(before.splitlines())
+        assert backend_snapshots(stack) == backend_before
+        assert stack.daemon_pids() == daemons_before        # adopted, not restarted
+        assert "adopted fusefs daemon" in stack.snap.log_text()
+        out = stack.retry(lambda: stack.run(ref, "crash-next", *PY))
+        assert out.strip() == "hello from cpython"
+    finally:
+        stack.ctd.ctr("tasks", "kill", "-s", "SIGKILL", "crash-hold", check=False)
+        wait_for(lambda: "RUNNING" not in stack.ctd.ctr("tasks", "ls").stdout, "crash-hold to stop")
+        stack.ctd.ctr("tasks", "rm", "-f", "crash-hold", check=False)
+    stack.ctd.ctr("containers", "rm", "crash-hold")      # Remove of its snapshot works after restart
+    assert "crash-hold" not in stack.ctd.ctr("snapshots", "--snapshotter", "imgfs", "ls").stdout
+    # containerd's GC removes it from the backend a moment later (asynchronously)
+    wait_for(lambda: not [i for i in backend_snapshots(stack) if "crash-hold" in i[0]],
+             "the snapshotter to remove crash-hold's snapshot")
