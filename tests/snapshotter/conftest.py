@@ -26,7 +26,6 @@ from tests.support.containerd import (
 )
 
 ROOT = Path(__file__).resolve().parents[2]
-CACHE = ROOT / ".cache" / "images"
 
 
 def imgconv(*args: str) -> None:
@@ -48,9 +47,10 @@ def tiny_refs(registry) -> dict[str, str]:
 @pytest.fixture(scope="session")
 def debian_refs(registry) -> dict[str, str]:
     """The two-layer Debian image (tests/support/images.py), plain and converted, in the registry."""
+    from tests.support.fixtures import CACHE_DIR
     from tests.support.images import debian_image, push_oci
 
-    layout = debian_image(CACHE)
+    layout = debian_image(CACHE_DIR)   # shared with the other packages' tests: built once per machine
     push_oci(layout, registry.host, "snap-debian", "plain")
     repo = f"{registry.host}/snap-debian"
     imgconv("convert", "--plain-http", f"docker://{repo}:plain", f"docker://{repo}:imgfs")
