@@ -192,7 +192,8 @@ class Authenticator:
             params.append(("service", bearer["service"]))
         params += [("scope", s) for s in scopes]
         realm_host = urlsplit(realm).netloc
-        self.token_fetches += 1
+        with self._lock:
+            self.token_fetches += 1
         try:
             if self._creds is not None and self._creds.identity_token:
                 form = dict(params)

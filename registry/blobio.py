@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 
 READ_ERRORS = (requests.RequestException, urllib3.exceptions.HTTPError, OSError)
 SKIP_CHUNK = 1 << 20
+READ_STEP = 1 << 20
 
 
 class BlobReader(io.RawIOBase):
@@ -77,6 +78,14 @@ class BlobReader(io.RawIOBase):
             if not got:
                 raise RegistryError("blob ended while skipping to the resume offset", **self._ctx)
             n -= len(got)
+
+    def readall(self) -> bytes:
+        """Read to EOF in large steps (RawIOBase's default reads 8 KiB per call)."""
+        out = bytearray()
+        buf = bytearray(READ_STEP)
+        while n := self.readinto(buf):
+            out += memoryview(buf)[:n]
+        return bytes(out)
 
     def readinto(self, buf: bytearray | memoryview) -> int:
         if self._failed is not None:

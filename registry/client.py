@@ -336,15 +336,16 @@ class RegistryClient:
     def _fetch_spans(self, repo: str, digest: str, spans: list[R.Span]) -> list[tuple[int, int, bytes]]:
         if len(spans) > 1 and self._multirange_ok:
             try:
-                parts = self._request_ranges(repo, digest, spans)
-                for span in spans:
-                    R.slice_from(parts, span)   # all covered? (some servers answer the first only)
-                return parts
-            except (_MultiRangeRefused, RangeError) as e:
-                log.info("registry %s did not serve a multi-range request (%s); using covering ranges",
-                         self.registry, e)
+                return self._request_ranges(repo, digest, spans)
+            except _MultiRangeRefused as e:
+                # the server cannot do multi-range: stop asking (saves a round trip per read)
+                log.info("registry %s refused a multi-range request (HTTP %s); using covering ranges",
+                         self.registry, e.status)
                 with self._lock:
                     self._multirange_ok = False
+            except RangeError as e:
+                # a bad answer to this request (or a span past the end): retry it the simple way
+                log.info("multi-range answer from %s unusable (%s); using a covering range", self.registry, e)
         if len(spans) > 1:
             with self._lock:
                 self._fallbacks += 1
@@ -391,10 +392,17 @@ class RegistryClient:
             try:
                 boundary = R.multipart_boundary(r.headers.get("Content-Type"))
                 if boundary is not None:
-                    return R.parse_multipart(self._read(r, None), boundary)
-                start, end, _total = R.parse_content_range(r.headers.get("Content-Range"))
+                    parts = R.parse_multipart(self._read(r, None), boundary)
+                    for span in spans:
+                        R.slice_from(parts, span)
+                    return parts
+                start, end, total = R.parse_content_range(r.headers.get("Content-Range"))
             except RangeError as e:
                 raise RangeError(e.detail, status=206, **ctx) from None
+            if len(spans) > 1 and not (start <= spans[0][0] and spans[-1][1] <= end):
+                if total is not None and spans[-1][1] > total:
+                    raise RangeError(f"range ends at {spans[-1][1]}, blob has {total} bytes", status=206, **ctx)
+                raise _MultiRangeRefused(206)   # answered one range only (first, or some other)
             data = self._read(r, end - start)
             if len(data) != end - start:
                 raise _BodyBroken(len(data), "short body")

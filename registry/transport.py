@@ -31,6 +31,7 @@ from urllib.parse import urljoin, urlsplit
 
 import requests
 import requests.adapters
+import urllib3
 
 from registry.auth import Authenticator
 from registry.credentials import Credentials
@@ -74,6 +75,19 @@ def _error_code(resp: requests.Response) -> tuple[str | None, str]:
         return None, ""
 
 
+def reason(e: BaseException) -> str:
+    """A short, secret-free description of a requests exception: its innermost cause, no URL query."""
+    inner: object = e
+    while True:
+        arg = inner.args[0] if isinstance(inner, BaseException) and inner.args else None
+        nxt = getattr(arg, "reason", None) or getattr(inner, "reason", None)
+        if nxt is None or nxt is inner or isinstance(nxt, str):
+            break
+        inner = nxt
+    text = str(inner) if inner is not e else str(e)
+    return f"{type(e).__name__}: {sanitize(text)[:300]}"
+
+
 def retry_after(resp: requests.Response) -> float | None:
     """Seconds from a Retry-After header (delta-seconds or HTTP-date), or None."""
     value = resp.headers.get("Retry-After")
@@ -107,6 +121,10 @@ class Transport:
         s = requests.Session()
         s.trust_env = False
         s.verify = not insecure
+        if insecure:
+            # asked for explicitly (like docker's insecure-registries): say it once, not per request
+            log.warning("TLS certificate verification disabled for registry %s", registry)
+            urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
         s.proxies = dict(proxies) if proxies is not None else requests.utils.get_environ_proxies(self.base_url)
         s.headers["User-Agent"] = USER_AGENT
         adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=max(16, pool_size),
@@ -155,8 +173,8 @@ class Transport:
             self._count(requests_=1)
             try:
                 resp = self.session.request(method, url, timeout=self.timeout, **kw)
-            except TEMPORARY_EXCEPTIONS:
-                if attempt >= self.retries:
+            except TEMPORARY_EXCEPTIONS as e:
+                if attempt >= self.retries or isinstance(e, requests.exceptions.SSLError):
                     raise
                 self._backoff(attempt)
                 continue
@@ -197,15 +215,14 @@ class Transport:
                                             stream=stream, timeout=self.timeout)
             except TEMPORARY_EXCEPTIONS as e:
                 attempt += 1
-                if attempt >= attempts:
+                if attempt >= attempts or isinstance(e, requests.exceptions.SSLError):  # TLS: not temporary
                     raise RegistryError(f"{method} {_path(full)} failed after {attempt} attempt(s): "
-                                        f"{type(e).__name__}: {sanitize(str(e))[:300]}", **ctx) from None
+                                        f"{reason(e)}", **ctx) from None
                 log.debug("%s %s: %s, retrying", method, _path(full), type(e).__name__)
                 self._backoff(attempt - 1)
                 continue
             except requests.RequestException as e:
-                raise RegistryError(f"{method} {_path(full)} failed: {type(e).__name__}: "
-                                    f"{sanitize(str(e))[:300]}", **ctx) from None
+                raise RegistryError(f"{method} {_path(full)} failed: {reason(e)}", **ctx) from None
             finally:
                 if hasattr(data, "close"):
                     data.close()

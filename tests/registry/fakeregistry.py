@@ -14,6 +14,7 @@ import hashlib
 import json
 import re
 import secrets
+import ssl
 import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -33,22 +34,28 @@ class Behaviour:
     token_lifetime: int | None = 300        # expires_in sent with tokens (None: omitted)
     faults: list = field(default_factory=list)  # statuses (int) or (status, headers) for next requests
     fault_paths: str = "/v2/"               # faults apply to paths starting with this
+    fault_methods: tuple = ("GET", "HEAD", "POST", "PATCH", "PUT")   # ... and to these methods
     range_mode: str = "multipart"           # multipart | ignore | refuse_multi | first_only | refuse_400
     truncate_once: bool = False             # cut the next blob body after half, then close
     corrupt: bool = False                   # flip a byte in every blob body
 
 
 class FakeRegistry:
-    def __init__(self) -> None:
+    def __init__(self, tls: tuple[str, str] | None = None) -> None:
         self.blobs: dict[str, bytes] = {}
         self.manifests: dict[str, tuple[bytes, str]] = {}   # digest or tag -> (data, media type)
         self.b = Behaviour()
         self.seen: list[Seen] = []
         self.tokens: dict[str, str] = {}   # valid token -> scope string
         self.token_requests: list[dict] = []
+        self.uploads: dict[str, bytearray] = {}
         self.lock = threading.Lock()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
         self.server.daemon_threads = True
+        if tls is not None:   # (certfile, keyfile): serve HTTPS with that (self-signed) certificate
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(*tls)
+            self.server.socket = ctx.wrap_socket(self.server.socket, server_side=True)
         self.thread = threading.Thread(target=self.server.serve_forever, args=(0.02,), daemon=True)
         self.thread.start()
 
@@ -150,7 +157,7 @@ def _handler(reg: FakeRegistry):
             self._send(200, json.dumps(doc).encode(), {"Content-Type": "application/json"})
 
         def _fault(self) -> bool:
-            if not self.path.startswith(reg.b.fault_paths):
+            if not self.path.startswith(reg.b.fault_paths) or self.command not in reg.b.fault_methods:
                 return False
             with reg.lock:
                 if not reg.b.faults:
@@ -161,6 +168,44 @@ def _handler(reg: FakeRegistry):
             return True
 
         # -- verbs -----------------------------------------------------------------------------
+        def _body(self) -> bytes:
+            return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+
+        def _upload_verb(self) -> None:
+            body = self._body()
+            reg.seen.append(Seen(self.command, self.path, dict(self.headers)))
+            if not self._authorized() or self._fault():
+                return
+            from urllib.parse import parse_qs, urlsplit
+            u = urlsplit(self.path)
+            if self.command == "POST" and re.fullmatch(r"/v2/.+/blobs/uploads/", u.path):
+                uid = secrets.token_hex(8)
+                reg.uploads[uid] = bytearray()
+                return self._send(202, b"", {"Location": f"/upload/{uid}?_state=opaque",
+                                             "Range": "0-0"})
+            m = re.fullmatch(r"/upload/([0-9a-f]+)", u.path)
+            if not m or m.group(1) not in reg.uploads:
+                return self._error(404, "BLOB_UPLOAD_UNKNOWN")
+            buf = reg.uploads[m.group(1)]
+            if self.command == "PATCH":
+                start = int(self.headers["Content-Range"].split("-")[0])
+                if start != len(buf):
+                    return self._send(416, b"", {"Range": f"0-{len(buf) - 1}"})
+                buf += body
+                return self._send(202, b"", {"Location": f"/upload/{m.group(1)}?_state=next",
+                                             "Range": f"0-{len(buf) - 1}"})
+            if self.command == "PUT":
+                buf += body
+                want = parse_qs(u.query)["digest"][0]
+                if "sha256:" + hashlib.sha256(buf).hexdigest() != want:
+                    return self._error(400, "DIGEST_INVALID")
+                reg.blobs[want] = bytes(buf)
+                del reg.uploads[m.group(1)]
+                return self._send(201, b"", {"Docker-Content-Digest": want})
+            return self._error(405, "UNSUPPORTED")
+
+        do_POST = do_PATCH = do_PUT = _upload_verb
+
         def do_HEAD(self):
             self.do_GET()
 

@@ -236,3 +236,15 @@ def test_list_tags(client):
     for t in ("one", "two"):
         push_image(client, repo, OCI_MANIFEST, "amd64", pattern(10, 60), tag=t)
     assert sorted(client.list_tags(repo)) == ["one", "two"]
+
+
+def test_multi_range_past_the_end_is_an_error_and_keeps_multirange(client, blob_repo):
+    d = digest(BLOB)
+    with pytest.raises(RangeError):
+        client.get_ranges(blob_repo, d, [(0, 10), (len(BLOB) + 5, len(BLOB) + 10)])
+    with pytest.raises(RangeError):
+        client.get_ranges(blob_repo, d, [(0, 10), (len(BLOB) - 5, len(BLOB) + 10)])
+    before = client.statistics()
+    assert client.get_ranges(blob_repo, d, [(0, 2), (100, 102)]) == [BLOB[0:2], BLOB[100:102]]
+    after = client.statistics()
+    assert after.range_requests - before.range_requests == 1   # still one multipart request

@@ -2,7 +2,9 @@
 cut bodies, corrupt bytes, dead or silent servers."""
 from __future__ import annotations
 
+import hashlib
 import socket
+import subprocess
 import time
 
 import pytest
@@ -10,6 +12,7 @@ import pytest
 from registry.client import DigestMismatch, RegistryClient, RegistryError
 from registry.errors import RangeError
 from registry.transport import retry_after
+from tests.registry.fakeregistry import FakeRegistry
 from tests.registry.images import pattern
 
 DATA = pattern(200_000, 7)
@@ -140,3 +143,62 @@ def test_silent_server_times_out(no_docker_config):
         with pytest.raises(RegistryError) as ei:
             c.get_blob("r/x", "sha256:" + "1" * 64)
     assert "Timeout" in str(ei.value)
+
+
+def test_chunked_upload_restarts_after_a_failed_patch(fake, no_docker_config):
+    fake.b.fault_paths, fake.b.fault_methods = "/upload/", ("PATCH",)
+    fake.b.faults = [503]
+    c = client_for(fake.host, no_docker_config, upload_chunk_size=64 << 10)
+    d = "sha256:" + hashlib.sha256(DATA).hexdigest()
+    c.push_blob("r/up", d, DATA)
+    assert fake.blobs[d] == DATA
+    assert fake.count("POST", "/blobs/uploads/") == 2        # the broken session was abandoned
+    assert fake.count("PATCH", "/upload/") == 1 + 4          # 1 failed + ceil(200000/65536) chunks
+
+
+def test_monolithic_upload_restarts_after_a_failed_put(fake, no_docker_config):
+    fake.b.fault_paths, fake.b.fault_methods = "/upload/", ("PUT",)
+    fake.b.faults = [502]
+    c = client_for(fake.host, no_docker_config)
+    data = DATA[:1000]
+    d = "sha256:" + hashlib.sha256(data).hexdigest()
+    c.push_blob("r/up", d, data)
+    assert fake.blobs[d] == data and fake.count("PUT", "/upload/") == 2
+
+
+def test_upload_failing_every_time_is_an_error_and_stores_nothing(fake, no_docker_config, tmp_path):
+    fake.b.fault_paths, fake.b.fault_methods = "/upload/", ("PATCH",)
+    fake.b.faults = [503] * 10
+    c = client_for(fake.host, no_docker_config, upload_chunk_size=64 << 10, retries=2)
+    p = tmp_path / "blob"
+    p.write_bytes(DATA)
+    d = "sha256:" + hashlib.sha256(DATA).hexdigest()
+    with pytest.raises(RegistryError) as ei:
+        c.push_blob("r/up", d, p)
+    assert ei.value.status == 503 and d in str(ei.value)
+    assert d not in fake.blobs and fake.count("POST", "/blobs/uploads/") == 3
+
+
+@pytest.fixture(scope="module")
+def self_signed(tmp_path_factory):
+    d = tmp_path_factory.mktemp("tls")
+    cert, key = d / "cert.pem", d / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    return str(cert), str(key)
+
+
+def test_tls_verified_by_default_and_insecure_per_client(self_signed, no_docker_config):
+    reg = FakeRegistry(tls=self_signed)
+    try:
+        d = reg.add_blob(DATA)
+        strict = RegistryClient(reg.host, docker_config=no_docker_config, retries=3)
+        with pytest.raises(RegistryError) as ei:
+            strict.get_blob("r/x", d)
+        assert "SSLError" in str(ei.value) and "1 attempt" in str(ei.value)   # not retried
+        lax = RegistryClient(reg.host, insecure=True, docker_config=no_docker_config, retries=0)
+        assert lax.get_blob("r/x", d) == DATA
+        assert repr(lax).startswith("RegistryClient('https://")
+    finally:
+        reg.stop()
