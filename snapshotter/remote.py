@@ -23,6 +23,7 @@ import hashlib
 import logging
 import subprocess
 import threading
+import time
 from pathlib import Path
 
 from snapshotter import daemons
@@ -33,6 +34,8 @@ from snapshotter.store import Snapshot, Store
 
 log = logging.getLogger("imgfs.snapshotter")
 
+TAG_TTL = 60.0    # seconds a resolved tag is trusted: one pull's layers ask within a few seconds
+
 
 class RemoteLayers:
     def __init__(self, cfg: Config, store: Store) -> None:
@@ -42,7 +45,8 @@ class RemoteLayers:
         self.daemon_dir = cfg.root / "daemons"
         self._lock = threading.RLock()
         self._procs: dict[str, subprocess.Popen] = {}     # our children, by image key
-        self._manifests: dict[tuple[str, str], dict] = {}  # (repo, manifest digest) -> manifest json
+        self._manifests: dict[tuple[str, str, str], dict] = {}  # (registry, repo, digest) -> json
+        self._tags: dict[str, tuple[float, str]] = {}         # reference -> (when, manifest digest)
         self.restarts = 0
 
     # -- registry ---------------------------------------------------------------------
@@ -78,12 +82,7 @@ class RemoteLayers:
 
         ref = parse_reference(info.image_ref)
         client = self._client(ref.registry)
-        mdigest = info.manifest_digest
-        manifest = self._manifests.get((ref.repository, mdigest)) if mdigest else None
-        if manifest is None:
-            m = client.get_manifest(ref.repository, mdigest) if mdigest else client.resolve(ref)
-            mdigest, manifest = m.digest, m.json
-            self._manifests[(ref.repository, mdigest)] = manifest
+        mdigest, manifest = self._manifest(client, ref, info.manifest_digest)
         layers = manifest.get("layers") or []
         digests = [d.get("digest") for d in layers]
         if info.layer_digest not in digests:
@@ -113,6 +112,24 @@ class RemoteLayers:
                 "bootstrap_digest": info.bootstrap_digest,
                 "tops": [image] if index == len(digests) - 1 else []}
 
+    def _manifest(self, client, ref, digest: str) -> tuple[str, dict]:
+        """The image manifest, once per pull: by digest when the client passed it (CRI), else the
+        tag resolved at most once per TAG_TTL seconds (ctr-remote passes only the reference)."""
+        now = time.monotonic()
+        if not digest:
+            hit = self._tags.get(str(ref))
+            if hit and now - hit[0] < TAG_TTL:
+                digest = hit[1]
+        if digest and (ref.registry, ref.repository, digest) in self._manifests:
+            return digest, self._manifests[(ref.registry, ref.repository, digest)]
+        m = client.get_manifest(ref.repository, digest) if digest else client.resolve(ref)
+        if len(self._manifests) > 256:      # bounded: only the pulls in flight need these
+            self._manifests.clear()
+            self._tags.clear()
+        self._manifests[(ref.registry, ref.repository, m.digest)] = m.json
+        self._tags[str(ref)] = (now, m.digest)
+        return m.digest, m.json
+
     def note_existing(self, snap: Snapshot, labels: dict[str, str]) -> None:
         """A pull found its layer already there: remember the image if this layer is its top."""
         if not snap.remote:
@@ -121,16 +138,25 @@ class RemoteLayers:
             info = lb.parse(labels)
         except lb.NotImgfs:
             return
-        if not info.layers or info.index != len(info.layers) - 1 or not info.manifest_digest:
+        if info.layers and info.index != len(info.layers) - 1:
             return
         from registry.reference import parse_reference
 
-        ref = parse_reference(info.image_ref)
-        image = {"registry": ref.registry, "repository": ref.repository,
-                 "manifest": info.manifest_digest, "ref": info.image_ref}
+        try:
+            ref = parse_reference(info.image_ref)
+            mdigest, manifest = self._manifest(self._client(ref.registry), ref, info.manifest_digest)
+        except Exception as e:  # noqa: BLE001 - only a hint for later mounts; the layer is there
+            log.warning("cannot resolve %s to record it for layer %s: %s", info.image_ref, snap.key, e)
+            return
+        layers = manifest.get("layers") or []
+        if not layers or layers[-1].get("digest") != info.layer_digest:
+            return
+        image = {"registry": ref.registry, "repository": ref.repository, "manifest": mdigest,
+                 "ref": info.image_ref}
         tops = snap.remote.get("tops", [])
-        if all(t["manifest"] != image["manifest"] or t["repository"] != image["repository"] for t in tops):
+        if all(self.image_key(t) != self.image_key(image) for t in tops):
             self.store.set_remote(snap.key, {**snap.remote, "tops": [*tops, image]})
+            log.info("layer %s is also the top of %s", snap.key, info.image_ref)
 
     # -- mounts -------------------------------------------------------------------------
     @staticmethod

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import subprocess
 import time
 
 import grpc
@@ -143,6 +144,52 @@ def test_prepare_with_registry_down_falls_back_loudly(stack, fresh_registry, tin
         stub.Remove(pb.RemoveSnapshotRequest(key="down-extract"))
     log = stack.snap.log_text()
     assert re.search(r"WARNING .*FALLBACK to plain unpack of imgfs layer " + desc["digest"], log)
+
+
+def test_mixed_chain_plain_layers_below_and_above_imgfs(stack, registry, debian_refs, tmp_path):
+    """A bottom layer that fell back (plain), an imgfs top layer, a plain layer committed above:
+    the overlay of a container over that chain sees all three, whiteouts applied."""
+    descs = manifest(registry.host, debian_refs["imgfs"])["layers"]
+    snap_labels = [{k: v for k, v in d["annotations"].items() if k.startswith("containerd.io/snapshot/")}
+                   for d in descs]
+    ref_labels = {"containerd.io/snapshot/remote/stargz.reference": debian_refs["imgfs"],
+                  "containerd.io/snapshot/remote/stargz.digest": descs[1]["digest"],
+                  "containerd.io/snapshot/remote/stargz.layers": ",".join(d["digest"] for d in descs)}
+    target = tmp_path / "rootfs"
+    target.mkdir()
+    with grpc.insecure_channel(f"unix://{stack.snap.socket}") as ch:
+        stub = pbg.SnapshotsStub(ch)
+        # layer 0 without reference labels (plain `ctr pull`): falls back, unpacked plainly
+        stub.Prepare(pb.PrepareSnapshotRequest(key="mx-0-x", labels={
+            **snap_labels[0], "containerd.io/snapshot.ref": "mx-0"}))
+        stub.Commit(pb.CommitSnapshotRequest(name="mx-0", key="mx-0-x"))
+        assert "FALLBACK to plain unpack of mx-0: an imgfs layer, but the client passed no" in \
+            stack.snap.log_text()
+        with pytest.raises(grpc.RpcError) as ei:
+            stub.Prepare(pb.PrepareSnapshotRequest(key="mx-1-x", parent="mx-0", labels={
+                **snap_labels[1], **ref_labels, "containerd.io/snapshot.ref": "mx-1"}))
+        assert ei.value.code() == grpc.StatusCode.ALREADY_EXISTS       # skip-pull
+        assert stub.Stat(pb.StatSnapshotRequest(key="mx-1")).info.kind == pb.COMMITTED
+        (m,) = stub.Prepare(pb.PrepareSnapshotRequest(key="mx-2-x", parent="mx-1")).mounts
+        upper = dict(o.split("=", 1) for o in m.options)["upperdir"]
+        with open(os.path.join(upper, "added-above"), "w") as f:
+            f.write("plain layer above imgfs\n")
+        stub.Commit(pb.CommitSnapshotRequest(name="mx-2", key="mx-2-x"))
+        (m,) = stub.Prepare(pb.PrepareSnapshotRequest(key="mx-c", parent="mx-2")).mounts
+        lower = dict(o.split("=", 1) for o in m.options)["lowerdir"].split(":")
+        assert len(lower) == 2 and lower[1].startswith(str(stack.mounts_dir()))
+        subprocess.run(["mount", "-t", m.type, m.source, "-o", ",".join(m.options), str(target)],
+                       check=True)
+        try:
+            assert (target / "added-above").read_text() == "plain layer above imgfs\n"
+            assert (target / "usr/bin/file").exists()          # from the imgfs top layer
+            assert (target / "etc/os-release").exists()         # from the bottom layer
+            assert not (target / "etc/issue.net").exists()      # removed by a whiteout on top
+        finally:
+            subprocess.run(["umount", str(target)], check=True)
+        for key in ("mx-c", "mx-2", "mx-1", "mx-0"):
+            stub.Remove(pb.RemoveSnapshotRequest(key=key))
+    wait_for(lambda: not stack.fuse_mounts(), "the image mount to be released")
 
 
 def test_kill9_fusefs_daemon_is_restarted(stack, debian_refs):
