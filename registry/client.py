@@ -12,9 +12,8 @@ import threading
 from dataclasses import dataclass
 from typing import BinaryIO, Self
 
-from registry import ranges as R
 from registry.auth import Authenticator
-from registry.blobio import READ_ERRORS, BlobReader
+from registry.blobio import BlobReader
 from registry.credentials import Credentials, CredentialsError, load_docker_credentials
 from registry.digests import digest_of, sha256_digest
 from registry.errors import AuthError, DigestMismatch, NotFound, PlatformNotFound, RangeError, RegistryError
@@ -28,6 +27,7 @@ from registry.manifest import (
     parse_manifest,
     select_platform,
 )
+from registry.rangefetch import RangeReader
 from registry.reference import (
     InvalidReference,
     Reference,
@@ -53,8 +53,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 DEFAULT_UPLOAD_CHUNK = 16 << 20    # blobs above this go up in PATCH chunks of this size
-MAX_RANGES_PER_REQUEST = 64        # keeps the Range header far below common 8 KiB header limits
-READ_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -99,8 +97,8 @@ class RegistryClient:
                             timeout=timeout, retries=retries, backoff=backoff, pool_size=pool_size,
                             proxies=proxies)
         self._lock = threading.Lock()
-        self._blob_bytes = self._range_requests = self._fallbacks = 0
-        self._multirange_ok = True
+        self._blob_bytes = 0
+        self._ranges = RangeReader(self._t, self._get_blob_response, self._count_bytes)
 
     @classmethod
     def from_ref(cls, ref: str | Reference, **opts) -> RegistryClient:
@@ -127,9 +125,10 @@ class RegistryClient:
 
     def statistics(self) -> ClientStatistics:
         t: TransportStatistics = self._t.statistics()
+        range_requests, fallbacks = self._ranges.counters()
         with self._lock:
             return ClientStatistics(t.requests, t.retries, t.auth_rounds, t.token_fetches,
-                                    self._blob_bytes, self._range_requests, self._fallbacks)
+                                    self._blob_bytes, range_requests, fallbacks)
 
     def _count_bytes(self, n: int) -> None:
         with self._lock:
@@ -318,126 +317,11 @@ class RegistryClient:
     def get_ranges(self, repo: str, digest: str, ranges: list[tuple[int, int]]) -> list[bytes]:
         """Bytes of each ``[start, end)`` in ``ranges`` (any order, overlaps allowed), in that order.
 
-        Overlapping/adjacent ranges are merged; up to MAX_RANGES_PER_REQUEST spans
+        Overlapping/adjacent ranges are merged; up to ``MAX_RANGES_PER_REQUEST`` spans
         go in one multi-range request. If the registry refuses multi-range (400/416/
         501) or ignores it, the spans are fetched as one covering range and sliced
         here, and the client stops asking for multi-range.
         """
         validate_digest(digest)
-        R.check_ranges(ranges)
-        if not ranges:
-            return []
-        spans = R.coalesce([tuple(r) for r in ranges])
-        parts: list[tuple[int, int, bytes]] = []
-        for i in range(0, len(spans), MAX_RANGES_PER_REQUEST):
-            parts += self._fetch_spans(repo, digest, spans[i:i + MAX_RANGES_PER_REQUEST])
-        return [R.slice_from(parts, (s, e)) for s, e in ranges]
-
-    def _fetch_spans(self, repo: str, digest: str, spans: list[R.Span]) -> list[tuple[int, int, bytes]]:
-        if len(spans) > 1 and self._multirange_ok:
-            try:
-                return self._request_ranges(repo, digest, spans)
-            except _MultiRangeRefused as e:
-                # the server cannot do multi-range: stop asking (saves a round trip per read)
-                log.info("registry %s refused a multi-range request (HTTP %s); using covering ranges",
-                         self.registry, e.status)
-                with self._lock:
-                    self._multirange_ok = False
-            except RangeError as e:
-                # a bad answer to this request (or a span past the end): retry it the simple way
-                log.info("multi-range answer from %s unusable (%s); using a covering range", self.registry, e)
-        if len(spans) > 1:
-            with self._lock:
-                self._fallbacks += 1
-        cover = (spans[0][0], spans[-1][1])
-        return self._request_ranges(repo, digest, [cover])
-
-    def _request_ranges(self, repo: str, digest: str, spans: list[R.Span]) -> list[tuple[int, int, bytes]]:
-        """One range request, repeated (with backoff) when its body breaks mid-transfer."""
-        attempt = 0
-        while True:
-            try:
-                return self._request_ranges_once(repo, digest, spans)
-            except _BodyBroken as e:
-                attempt += 1
-                if attempt > self._t.retries:
-                    raise RegistryError(f"range body broke {attempt} times, last after {e.got} bytes: "
-                                        f"{e.reason}", **self._ctx(repo, digest)) from None
-                log.info("range read of %s broke after %d bytes (%s), retrying", digest, e.got, e.reason)
-                self._t._backoff(attempt - 1)
-
-    def _request_ranges_once(self, repo: str, digest: str, spans: list[R.Span]) -> list[tuple[int, int, bytes]]:
-        ctx = self._ctx(repo, digest)
-        with self._lock:
-            self._range_requests += 1
-        try:
-            r = self._get_blob_response(repo, digest, {"Range": R.range_header(spans)})
-        except RegistryError as e:
-            if len(spans) > 1 and e.status in (400, 501):
-                raise _MultiRangeRefused(e.status) from None
-            raise
-        want_end = spans[-1][1]
-        try:
-            if r.status_code == 416:
-                if len(spans) > 1:
-                    raise _MultiRangeRefused(416)
-                raise RangeError(f"range {spans[0][0]}-{want_end} not satisfiable (blob too short)",
-                                 status=416, **ctx)
-            if r.status_code == 200:
-                # Range ignored: read the prefix we need, drop the connection for the rest.
-                data = self._read(r, want_end)
-                if len(data) < want_end:
-                    raise RangeError(f"blob has {len(data)} bytes, range ends at {want_end}", status=200, **ctx)
-                return [(0, want_end, data)]
-            try:
-                boundary = R.multipart_boundary(r.headers.get("Content-Type"))
-                if boundary is not None:
-                    parts = R.parse_multipart(self._read(r, None), boundary)
-                    for span in spans:
-                        R.slice_from(parts, span)
-                    return parts
-                start, end, total = R.parse_content_range(r.headers.get("Content-Range"))
-            except RangeError as e:
-                raise RangeError(e.detail, status=206, **ctx) from None
-            if len(spans) > 1 and not (start <= spans[0][0] and spans[-1][1] <= end):
-                if total is not None and spans[-1][1] > total:
-                    raise RangeError(f"range ends at {spans[-1][1]}, blob has {total} bytes", status=206, **ctx)
-                raise _MultiRangeRefused(206)   # answered one range only (first, or some other)
-            data = self._read(r, end - start)
-            if len(data) != end - start:
-                raise _BodyBroken(len(data), "short body")
-            if len(spans) == 1 and not (start <= spans[0][0] and spans[0][1] <= end):
-                raise RangeError(f"asked {spans[0][0]}-{spans[0][1]}, got {start}-{end} "
-                                 "(blob too short?)", status=206, **ctx)
-            return [(start, end, data)]
-        finally:
-            r.close()
-
-    def _read(self, r, limit: int | None) -> bytes:
-        """Up to ``limit`` bytes (all if None) of a streamed body; _BodyBroken if the transfer breaks."""
-        buf = bytearray()
-        try:
-            while limit is None or len(buf) < limit:
-                n = READ_CHUNK if limit is None else min(READ_CHUNK, limit - len(buf))
-                chunk = r.raw.read(n)
-                if not chunk:
-                    break
-                buf += chunk
-        except READ_ERRORS as e:
-            raise _BodyBroken(len(buf), type(e).__name__) from None
-        finally:
-            self._count_bytes(len(buf))
-        return bytes(buf)
-
-
-class _MultiRangeRefused(Exception):
-    def __init__(self, status: int | None):
-        super().__init__(f"HTTP {status}")
-        self.status = status
-
-
-class _BodyBroken(Exception):
-    def __init__(self, got: int, reason: str):
-        super().__init__(reason)
-        self.got = got
-        self.reason = reason
+        validate_repository(repo)
+        return self._ranges.get_ranges(repo, digest, ranges)

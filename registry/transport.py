@@ -157,7 +157,8 @@ class Transport:
             self._retries += retries
             self._auth_rounds += auth
 
-    def _backoff(self, attempt: int, resp: requests.Response | None = None) -> None:
+    def pause(self, attempt: int, resp: requests.Response | None = None) -> None:
+        """Sleep before retry number ``attempt + 1`` (exponential, jittered, Retry-After honoured)."""
         delay = min(MAX_BACKOFF, self.backoff * (2 ** attempt)) * random.uniform(0.5, 1.0)
         if resp is not None:
             ra = retry_after(resp)
@@ -176,11 +177,11 @@ class Transport:
             except TEMPORARY_EXCEPTIONS as e:
                 if attempt >= self.retries or isinstance(e, requests.exceptions.SSLError):
                     raise
-                self._backoff(attempt)
+                self.pause(attempt)
                 continue
             if resp.status_code in TEMPORARY_STATUS and attempt < self.retries:
                 resp.close()
-                self._backoff(attempt, resp)
+                self.pause(attempt, resp)
                 continue
             return resp
         raise AssertionError("unreachable")
@@ -219,7 +220,7 @@ class Transport:
                     raise RegistryError(f"{method} {_path(full)} failed after {attempt} attempt(s): "
                                         f"{reason(e)}", **ctx) from None
                 log.debug("%s %s: %s, retrying", method, _path(full), type(e).__name__)
-                self._backoff(attempt - 1)
+                self.pause(attempt - 1)
                 continue
             except requests.RequestException as e:
                 raise RegistryError(f"{method} {_path(full)} failed: {reason(e)}", **ctx) from None
@@ -240,7 +241,7 @@ class Transport:
                 attempt += 1
                 log.debug("%s %s -> %d, retrying", method, _path(full), status)
                 resp.close()
-                self._backoff(attempt - 1, resp)
+                self.pause(attempt - 1, resp)
                 continue
             raise self.error(resp, method, full, **ctx)
 

@@ -89,7 +89,7 @@ class Uploader:
                 if attempt + 1 >= attempts:
                     raise e.error from None
                 log.info("upload of %s to %s broke (%s), restarting", self.digest, self.repo, e.error)
-                self.t._backoff(attempt)
+                self.t.pause(attempt)
 
     def _start(self, mount: str | None) -> str | None:
         params = {"mount": self.digest, "from": mount} if mount else None

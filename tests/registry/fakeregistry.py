@@ -260,6 +260,17 @@ def _handler(reg: FakeRegistry):
                 return self._error(400, "RANGE_INVALID")
             if len(spans) == 1 or mode == "first_only":
                 a, b = spans[0]
+                if reg.b.truncate_once:
+                    reg.b.truncate_once = False
+                    body = data[a:b + 1]
+                    self.send_response(206)
+                    self.send_header("Content-Length", str(len(body)))
+                    self.send_header("Content-Range", f"bytes {a}-{b}/{len(data)}")
+                    self.end_headers()
+                    self.wfile.write(body[:len(body) // 2])
+                    self.wfile.flush()
+                    self.close_connection = True
+                    return None
                 return self._send(206, data[a:b + 1], {"Content-Range": f"bytes {a}-{b}/{len(data)}",
                                                       "Content-Type": "application/octet-stream"})
             boundary = "fakeboundary" + secrets.token_hex(4)

@@ -202,3 +202,12 @@ def test_tls_verified_by_default_and_insecure_per_client(self_signed, no_docker_
         assert repr(lax).startswith("RegistryClient('https://")
     finally:
         reg.stop()
+
+
+def test_cut_range_body_is_requested_again(fake, no_docker_config):
+    d = fake.add_blob(DATA)
+    fake.b.truncate_once = True
+    c = client_for(fake.host, no_docker_config)
+    assert c.get_range("r/x", d, 1000, 101_000) == DATA[1000:101_000]
+    assert [s.headers.get("Range") for s in fake.seen] == ["bytes=1000-100999"] * 2
+    assert c.statistics().retries == 1
