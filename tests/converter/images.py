@@ -20,7 +20,7 @@ def layer1() -> bytes:
     t = TarBuilder()
     t.dir("etc").file("etc/hosts", b"127.0.0.1 localhost\n").file("etc/empty", b"")
     t.file("etc/secret", b"shh", mode=0o600, uid=1000, gid=1001, mtime=MTIME - 86400)
-    t.dir("usr", mtime=MTIME - 5).dir("usr/bin").dir("usr/lib").dir("usr/share").dir("usr/share/small")
+    t.dir("usr").dir("usr/bin").dir("usr/lib").dir("usr/share", mtime=MTIME - 5).dir("usr/share/small")
     t.file("usr/bin/big", BIG, mode=0o755)
     t.file("usr/bin/suid", b"#!/bin/sh\n", mode=0o4755)
     t.hardlink("usr/lib/big-link", "usr/bin/big")               # hardlink across directories

@@ -139,7 +139,7 @@ def test_registry_failing_mid_push(tmp_path, fresh_registry):
             assert time.monotonic() < deadline, "imgconv never started uploading"
             time.sleep(0.005)
         fresh_registry.stop()
-        out, err = proc.communicate(timeout=300)
+        _out, err = proc.communicate(timeout=300)
         assert proc.returncode == 4, err
         assert err.startswith("imgconv: error: ") and "Traceback" not in err
         port = int(fresh_registry.host.rsplit(":", 1)[1])
