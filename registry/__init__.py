@@ -7,7 +7,8 @@ Public surface (contract in docs/internals.md):
   streamed and verified, single/multi-range reads with fallbacks, push with
   chunked upload and cross-repo mount, delete) and the errors ``RegistryError``,
   ``NotFound``, ``AuthError``, ``DigestMismatch`` (plus ``RangeError``,
-  ``PlatformNotFound``).
+  ``PlatformNotFound``, ``InvalidManifest``). Malformed references and digests
+  passed in by the caller raise ``registry.reference.InvalidReference`` (a ValueError).
 - ``registry.manifest``: media type constants, ``Manifest``.
 
 Modules, one job each: ``transport`` (pooled session, auth rounds, retries),
@@ -34,6 +35,7 @@ oras remains a dependency for other parts that push artifacts, not used here.
 from registry.client import RegistryClient as RegistryClient
 from registry.errors import AuthError as AuthError
 from registry.errors import DigestMismatch as DigestMismatch
+from registry.errors import InvalidManifest as InvalidManifest
 from registry.errors import NotFound as NotFound
 from registry.errors import PlatformNotFound as PlatformNotFound
 from registry.errors import RangeError as RangeError

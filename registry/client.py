@@ -16,7 +16,15 @@ from registry.auth import Authenticator
 from registry.blobio import BlobReader
 from registry.credentials import Credentials, CredentialsError, load_docker_credentials
 from registry.digests import digest_of, sha256_digest
-from registry.errors import AuthError, DigestMismatch, NotFound, PlatformNotFound, RangeError, RegistryError
+from registry.errors import (
+    AuthError,
+    DigestMismatch,
+    InvalidManifest,
+    NotFound,
+    PlatformNotFound,
+    RangeError,
+    RegistryError,
+)
 from registry.manifest import (
     ACCEPT,
     DEFAULT_PLATFORM,
@@ -42,6 +50,7 @@ __all__ = [
     "AuthError",
     "ClientStatistics",
     "DigestMismatch",
+    "InvalidManifest",
     "Manifest",
     "NotFound",
     "PlatformNotFound",
@@ -183,7 +192,19 @@ class RegistryClient:
         try:
             return parse_manifest(data, r.headers.get("Content-Type"), digest)
         except ManifestError as e:
-            raise RegistryError(str(e), **self._ctx(repo, digest)) from None
+            raise InvalidManifest(str(e), **self._ctx(repo, digest)) from None
+
+    def manifest_digest(self, repo: str, tag_or_digest: str) -> str:
+        """The digest a tag points to, from a HEAD request (no body; falls back to GET if the
+        registry sends no Docker-Content-Digest)."""
+        r = self._t.request("HEAD", f"/v2/{repo}/manifests/{tag_or_digest}", scopes=self._pull(repo),
+                            expect=(200,), headers={"Accept": ACCEPT}, **self._where(repo))
+        r.close()
+        header = r.headers.get("Docker-Content-Digest")
+        if header:
+            validate_digest(header)
+            return header
+        return self.get_manifest(repo, tag_or_digest).digest
 
     def resolve(self, ref: str | Reference, platform: str = DEFAULT_PLATFORM) -> Manifest:
         """The image manifest for ``ref``, following an index/manifest list to ``platform``.
@@ -202,10 +223,10 @@ class RegistryClient:
                 raise PlatformNotFound(str(e), **self._ctx(ref.repository, m.digest)) from None
             digest = desc.get("digest")
             if not isinstance(digest, str):
-                raise RegistryError("index entry without a digest", **self._ctx(ref.repository, m.digest))
+                raise InvalidManifest("index entry without a digest", **self._ctx(ref.repository, m.digest))
             m = self.get_manifest(ref.repository, digest)
         if m.media_type not in IMAGE_MANIFEST_TYPES:
-            raise RegistryError(f"{ref} resolves to {m.media_type}, not an image manifest",
+            raise InvalidManifest(f"{ref} resolves to {m.media_type}, not an image manifest",
                                 **self._ctx(ref.repository, m.digest))
         return m
 

@@ -51,6 +51,10 @@ class PlatformNotFound(NotFound):
     """An index/manifest list has no manifest for the requested platform."""
 
 
+class InvalidManifest(RegistryError):
+    """The registry served a manifest that is not a usable image manifest/index (bad JSON, schema1, ...)."""
+
+
 class AuthError(RegistryError):
     """Authentication or authorization failed (401/403, token endpoint refused, no credentials)."""
 

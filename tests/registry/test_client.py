@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from registry.client import DigestMismatch, NotFound, RegistryClient
+from registry.client import DigestMismatch, NotFound, RegistryClient, RegistryError
 from registry.errors import PlatformNotFound, RangeError
 from registry.manifest import DOCKER_MANIFEST, OCI_MANIFEST
 from registry.reference import InvalidReference, parse_reference
@@ -248,3 +248,21 @@ def test_multi_range_past_the_end_is_an_error_and_keeps_multirange(client, blob_
     assert client.get_ranges(blob_repo, d, [(0, 2), (100, 102)]) == [BLOB[0:2], BLOB[100:102]]
     after = client.statistics()
     assert after.range_requests - before.range_requests == 1   # still one multipart request
+
+
+def test_from_ref_and_head_digest(registry, client, tmp_path):
+    d, _ = push_image(client, "reg/head", OCI_MANIFEST, "amd64", pattern(10, 70), tag="t")
+    with RegistryClient.from_ref(f"{registry.host}/reg/head:t", plain_http=True,
+                                 docker_config=tmp_path / "none.json") as c:
+        assert c.registry == registry.host
+        assert c.manifest_digest("reg/head", "t") == d
+        assert c.resolve(f"{registry.host}/reg/head:t").digest == d
+        with pytest.raises(ValueError):
+            c.resolve("other.example:5000/reg/head:t")    # a client talks to one registry
+
+
+def test_registry_refuses_malformed_manifest_push(client):
+    body = json.dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST, "layers": 5}).encode()
+    with pytest.raises(RegistryError) as ei:
+        client.push_manifest("reg/bad", "t", body, OCI_MANIFEST)
+    assert ei.value.status == 400 and ei.value.code == "MANIFEST_INVALID", str(ei.value)

@@ -3,6 +3,7 @@ cut bodies, corrupt bytes, dead or silent servers."""
 from __future__ import annotations
 
 import hashlib
+import json
 import socket
 import subprocess
 import time
@@ -10,7 +11,7 @@ import time
 import pytest
 
 from registry.client import DigestMismatch, RegistryClient, RegistryError
-from registry.errors import RangeError
+from registry.errors import InvalidManifest, PlatformNotFound, RangeError
 from registry.transport import retry_after
 from tests.registry.fakeregistry import FakeRegistry
 from tests.registry.images import pattern
@@ -211,3 +212,26 @@ def test_cut_range_body_is_requested_again(fake, no_docker_config):
     assert c.get_range("r/x", d, 1000, 101_000) == DATA[1000:101_000]
     assert [s.headers.get("Range") for s in fake.seen] == ["bytes=1000-100999"] * 2
     assert c.statistics().retries == 1
+
+
+@pytest.mark.parametrize("body, media_type", [
+    (b"not json", "application/vnd.oci.image.manifest.v1+json"),
+    (b'{"schemaVersion": 1, "fsLayers": []}', "application/vnd.docker.distribution.manifest.v1+prettyjws"),
+    (b'{"mediaType": "application/vnd.oci.image.index.v1+json", "manifests": {}}', "application/json"),
+])
+def test_unusable_manifest_is_invalid_manifest(fake, no_docker_config, body, media_type):
+    fake.add_manifest(body, media_type, tag="t")
+    c = client_for(fake.host, no_docker_config)
+    with pytest.raises(InvalidManifest) as ei:
+        c.get_manifest("r/x", "t")
+    assert "r/x" in str(ei.value) and fake.host in str(ei.value)
+
+
+def test_index_without_the_platform(fake, no_docker_config):
+    idx = json.dumps({"mediaType": "application/vnd.oci.image.index.v1+json", "manifests": [
+        {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": "sha256:" + "2" * 64,
+         "size": 3, "platform": {"os": "windows", "architecture": "amd64"}}]}).encode()
+    fake.add_manifest(idx, "application/vnd.oci.image.index.v1+json", tag="t")
+    c = client_for(fake.host, no_docker_config)
+    with pytest.raises(PlatformNotFound, match="windows/amd64"):
+        c.resolve(f"{fake.host}/r/x:t")
