@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 
 import requests
 
-from registry.credentials import Credentials
+from registry.credentials import Credentials, CredentialsError, CredentialSource
 from registry.errors import AuthError
 
 log = logging.getLogger(__name__)
@@ -85,14 +85,18 @@ class Authenticator:
     client's retries/timeouts/TLS settings but without auth handling.
     """
 
-    def __init__(self, registry: str, credentials: Credentials | None, fetch: Fetch,
+    def __init__(self, registry: str, credentials: Credentials | None | CredentialSource, fetch: Fetch,
                  clock: Callable[[], float] = time.monotonic):
         self.registry = registry
-        self._creds = credentials
+        # credentials, or a callable giving them (a credential helper runs on first need only)
+        self._source = credentials if callable(credentials) else (lambda: credentials)
+        self._loaded = False
+        self._cached_creds: Credentials | None = None
         self._fetch = fetch
         self._clock = clock
         self._lock = threading.Lock()          # guards the fields below
         self._fetch_lock = threading.Lock()    # one token fetch at a time: no thundering herd
+        self._creds_lock = threading.Lock()    # one credential lookup (helper run) at a time
         self._scheme: str | None = None        # learnt from the first challenge
         self._bearer: dict | None = None       # realm/service of the bearer challenge
         self._tokens: dict[tuple[str, ...], tuple[str, float]] = {}
@@ -151,6 +155,18 @@ class Authenticator:
                 self._extra[self._key(scopes)] = extra
 
     # -- internals --------------------------------------------------------------------------------
+
+    @property
+    def _creds(self) -> Credentials | None:
+        if not self._loaded:
+            with self._creds_lock:
+                if not self._loaded:
+                    try:
+                        self._cached_creds = self._source()
+                    except CredentialsError as e:
+                        raise AuthError(str(e), registry=self.registry) from None
+                    self._loaded = True
+        return self._cached_creds
 
     def _basic_value(self) -> str:
         assert self._creds is not None

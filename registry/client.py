@@ -14,7 +14,7 @@ from typing import BinaryIO, Self
 
 from registry.auth import Authenticator
 from registry.blobio import BlobReader
-from registry.credentials import Credentials, CredentialsError, load_docker_credentials
+from registry.credentials import Credentials, CredentialsError, CredentialSource, docker_credential_source
 from registry.digests import digest_of, sha256_digest
 from registry.errors import (
     AuthError,
@@ -95,10 +95,10 @@ class RegistryClient:
             raise InvalidReference(f"invalid registry host {registry!r}")
         self.registry = registry
         if username is not None:
-            creds: Credentials | None = Credentials(username, password or "")
+            creds: Credentials | None | CredentialSource = Credentials(username, password or "")
         else:
             try:
-                creds = load_docker_credentials(registry, docker_config)
+                creds = docker_credential_source(registry, docker_config)
             except CredentialsError as e:
                 raise AuthError(str(e), registry=registry) from None
         self.upload_chunk_size = max(1, int(upload_chunk_size))

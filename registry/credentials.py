@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -102,17 +103,24 @@ def _from_helper(helper: str, registry: str) -> Credentials | None:
     return Credentials(user, secret, identity_token=user == "<token>")
 
 
-def load_docker_credentials(registry: str, path: str | os.PathLike | None = None) -> Credentials | None:
-    """Credentials for ``registry`` (host[:port]) from the docker config, or None (anonymous).
+CredentialSource = Callable[[], "Credentials | None"]
 
-    A missing file means anonymous; an unreadable or malformed one is an error
-    (silently going anonymous would turn into a confusing 401 later).
+
+def docker_credential_source(registry: str, path: str | os.PathLike | None = None) -> CredentialSource:
+    """A zero-argument callable giving the credentials for ``registry`` (host[:port]), or None.
+
+    The config file is read and checked now: a missing file means anonymous; an
+    unreadable or malformed one is an error (going anonymous would turn into a
+    confusing 401 later). Credential helpers run only when called, i.e. when the
+    registry first asks for credentials, as docker does: an anonymous registry
+    never starts a helper, and a ``credsStore`` whose program is missing only
+    matters if credentials are needed.
     """
     p = Path(path) if path is not None else default_docker_config()
     try:
         text = p.read_text()
     except FileNotFoundError:
-        return None
+        return lambda: None
     except OSError as e:
         raise CredentialsError(f"cannot read docker config {p}: {e.strerror}") from None
     try:
@@ -124,14 +132,19 @@ def load_docker_credentials(registry: str, path: str | os.PathLike | None = None
     helpers = cfg.get("credHelpers") or {}
     for key, helper in helpers.items():
         if _same_registry(key, registry):
-            return _from_helper(str(helper), registry)
+            return lambda: _from_helper(str(helper), registry)
     auths = cfg.get("auths") or {}
     # Exact host first, then the other spellings, so "host" beats "https://host/v1/".
     for key in sorted(auths, key=lambda k: k != registry):
         if _same_registry(key, registry):
             creds = _decode_entry(auths[key], registry)
             if creds is not None:
-                return creds
+                return lambda: creds
     if cfg.get("credsStore"):
-        return _from_helper(str(cfg["credsStore"]), registry)
-    return None
+        return lambda: _from_helper(str(cfg["credsStore"]), registry)
+    return lambda: None
+
+
+def load_docker_credentials(registry: str, path: str | os.PathLike | None = None) -> Credentials | None:
+    """Credentials for ``registry`` from the docker config (helpers run now), or None (anonymous)."""
+    return docker_credential_source(registry, path)()

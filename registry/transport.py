@@ -34,7 +34,7 @@ import requests.adapters
 import urllib3
 
 from registry.auth import Authenticator
-from registry.credentials import Credentials
+from registry.credentials import Credentials, CredentialSource
 from registry.errors import AuthError, NotFound, RegistryError, sanitize
 
 log = logging.getLogger(__name__)
@@ -108,7 +108,7 @@ class Transport:
     """Requests against one registry with auth and retries; thread-safe."""
 
     def __init__(self, registry: str, *, plain_http: bool, insecure: bool,
-                 credentials: Credentials | None, timeout: float, retries: int, backoff: float,
+                 credentials: Credentials | None | CredentialSource, timeout: float, retries: int, backoff: float,
                  pool_size: int = DEFAULT_POOL_SIZE, proxies: dict | None = None,
                  sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.monotonic):
         self.registry = registry

@@ -210,3 +210,15 @@ def test_parse_challenge():
                          "scope": "repository:x/y:pull,push", "error": 'a "quoted" word'}
     assert parse_challenge('Basic realm="x"').scheme == "basic"
     assert parse_challenge("") is None
+
+
+def test_credential_helper_runs_only_when_credentials_are_needed(fake, tmp_path):
+    d = fake.add_blob(b"anon")
+    cfg = tmp_path / "config.json"
+    cfg.write_text(json.dumps({"credsStore": "imgfs-no-such-helper"}))
+    c = RegistryClient(fake.host, plain_http=True, docker_config=cfg, retries=0)
+    assert c.get_blob("r/x", d) == b"anon"            # anonymous registry: the helper never runs
+    fake.b.auth, fake.b.users = "basic", {USER: SECRET}
+    c2 = RegistryClient(fake.host, plain_http=True, docker_config=cfg, retries=0)
+    with pytest.raises(AuthError, match="imgfs-no-such-helper"):
+        c2.get_blob("r/x", d)
