@@ -20,6 +20,10 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
+class _Server(ThreadingHTTPServer):
+    request_queue_size = 128   # many client threads connect at once; the default backlog is 5
+
+
 @dataclass
 class Seen:
     method: str
@@ -50,7 +54,7 @@ class FakeRegistry:
         self.token_requests: list[dict] = []
         self.uploads: dict[str, bytearray] = {}
         self.lock = threading.Lock()
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
+        self.server = _Server(("127.0.0.1", 0), _handler(self))
         self.server.daemon_threads = True
         if tls is not None:   # (certfile, keyfile): serve HTTPS with that (self-signed) certificate
             ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)

@@ -222,3 +222,29 @@ def test_credential_helper_runs_only_when_credentials_are_needed(fake, tmp_path)
     c2 = RegistryClient(fake.host, plain_http=True, docker_config=cfg, retries=0)
     with pytest.raises(AuthError, match="imgfs-no-such-helper"):
         c2.get_blob("r/x", d)
+
+
+def test_one_token_fetch_for_many_threads(fake, no_docker_config):
+    import threading
+
+    fake.b.auth = "bearer"
+    data = pattern(100_000, 9)
+    d = fake.add_blob(data)
+    c = client_for(fake, no_docker_config)
+    errors: list[BaseException] = []
+
+    def work(i: int) -> None:
+        try:
+            for j in range(5):
+                s = (i * 977 + j * 3001) % 90_000
+                assert c.get_range("lib/app", d, s, s + 1000) == data[s:s + 1000]
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors
+    assert len(fake.token_requests) == 1
