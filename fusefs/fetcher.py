@@ -6,7 +6,7 @@ Algorithm (after stargz-snapshotter's blob fetcher and nydus's merging cache):
    neighbours into one range request. A gap between two wanted chunks is bridged when
    downloading the gap costs less than another round trip: ``gap <= bandwidth * rtt``.
    The default assumes the edge link the project is built for (100 Mbit/s, 20 ms ->
-   250 KB, rounded to 256 KiB). One request never grows beyond ``max_request`` (8 MiB)
+   250 KB, rounded to 256 KiB). One request never grows beyond ``max_request`` (4 MiB)
    so that one slow request does not hold many reads hostage.
 2. ``Fetcher.ensure`` runs the planned requests concurrently, each in a worker thread
    with the thread-safe ``RegistryClient`` (it owns retries with backoff on 5xx,
@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 #: 100 Mbit/s * 20 ms = 250 KB: below this a gap is cheaper to download than to skip.
 DEFAULT_GAP_BYTES = 256 * 1024
 #: Upper bound of one range request (keeps several requests in flight on big reads).
-DEFAULT_MAX_REQUEST = 8 * 1024 * 1024
+DEFAULT_MAX_REQUEST = 4 * 1024 * 1024
 #: Concurrent on-demand requests (HTTP connections) per daemon.
 DEFAULT_MAX_INFLIGHT = 8
 #: Concurrent prefetch requests; prefetch never takes the on-demand slots.
@@ -204,6 +204,10 @@ class Fetcher:
         finally:
             if not prefetch:
                 self._leave_busy()
+
+    def pending(self, digest: bytes) -> bool:
+        """True while a fetch of this chunk is in flight."""
+        return digest in self._inflight
 
     def _enter_busy(self) -> None:
         if self._busy == 0:

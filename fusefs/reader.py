@@ -5,9 +5,11 @@ Policy (what to fetch when a read misses):
 - a *small* file (<= ``small_file`` bytes, default 1 MiB: one chunk's worth) is fetched
   whole on its first read: programs read small files to the end, and its chunks are
   usually one range anyway;
-- a large file gets read-ahead: the chunks for ``[offset, offset + readahead)``
-  (default 8 MiB) in one planned batch, so a sequential reader costs one round trip
-  per read-ahead window instead of one per kernel read (128 KiB);
+- a large file gets read-ahead: a read that misses, or continues sequentially, also
+  starts fetching the chunks of ``[end, end + readahead)`` (default 8 MiB) in the
+  background; the read itself waits only for its own chunks. A sequential reader thus
+  keeps a window of requests in flight ahead of it (pipelining) while a random reader
+  of a large file pays one window per miss, not the whole file;
 - a read whose chunks are all cached costs no fetcher work at all.
 
 The store keeps chunks decompressed, so a hit is one ``pread`` per chunk touched.
@@ -17,6 +19,7 @@ on its first use after a restart) is refetched once.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,6 +45,9 @@ class FileReader:
         self.fetcher = fetcher
         self.store = store
         self.config = config
+        self._last_end: dict[int, int] = {}     # ino -> end of its last read (sequential detection)
+        #: nursery.start_soon of the daemon, for background read-ahead (None: synchronous)
+        self.spawn: Callable[..., None] | None = None
 
     def _refs(self, ino: int, offset: int, length: int) -> list[tuple[ChunkRef, Any]]:
         return [(ChunkRef(blob, info), seg) for blob, seg, info in self.view.segments(ino, offset, length)]
@@ -57,8 +63,16 @@ class FileReader:
         size = min(size, file_size - offset)
         parts = self._refs(ino, offset, size)
         missing = [ref for ref, _ in parts if not self.store.contains(ref.digest)]
-        if missing:
-            await self.fetcher.ensure(self._fetch_set(ino, offset, size, file_size, missing))
+        if file_size <= self.config.small_file:
+            if missing:
+                await self.fetcher.ensure([ref for ref, _ in self._refs(ino, 0, file_size)])
+        else:
+            sequential = self._last_end.get(ino) == offset
+            self._last_end[ino] = offset + size
+            if missing or sequential:
+                missing += self._read_ahead(ino, offset + size, file_size, background=bool(missing))
+            if missing:
+                await self.fetcher.ensure(missing)
         digests = {ref.digest for ref, _ in parts}
         with self.store.pinned(digests):
             for attempt in (0, 1):
@@ -69,15 +83,29 @@ class FileReader:
                     await self.fetcher.ensure([ref for ref, _ in parts])
         raise FetchError(f"inode {ino}: chunks vanished from the cache twice while reading")
 
-    def _fetch_set(self, ino: int, offset: int, size: int, file_size: int,
-                   missing: list[ChunkRef]) -> list[ChunkRef]:
-        cfg = self.config
-        if file_size <= cfg.small_file:
-            return [ref for ref, _ in self._refs(ino, 0, file_size)]
-        window = min(max(size, cfg.readahead), file_size - offset)
-        if window > size:
-            return [ref for ref, _ in self._refs(ino, offset, window)]
-        return missing
+    def _read_ahead(self, ino: int, start: int, file_size: int, background: bool) -> list[ChunkRef]:
+        """Chunks of ``[start, start + readahead)`` not stored or being fetched yet.
+
+        With a spawner (a running daemon) they are fetched in the background, so the
+        current read waits only for its own chunks and a sequential reader finds the
+        next window in flight; without one they are returned for the caller to fetch.
+        """
+        if start >= file_size:
+            return []
+        ahead = [ref for ref, _ in self._refs(ino, start, min(self.config.readahead, file_size - start))
+                 if not self.store.contains(ref.digest) and not self.fetcher.pending(ref.digest)]
+        if not ahead:
+            return []
+        if self.spawn is None:
+            return ahead if background else []
+        self.spawn(self._fetch_quietly, ahead)
+        return []
+
+    async def _fetch_quietly(self, refs: list[ChunkRef]) -> None:
+        try:
+            await self.fetcher.ensure(refs)
+        except FetchError:
+            pass    # logged by the fetcher; a read of these chunks will retry and report
 
     def _assemble(self, parts: list[tuple[ChunkRef, Any]], offset: int, size: int) -> bytes | None:
         """Copy each segment out of the store; None if a chunk is (no longer) there.

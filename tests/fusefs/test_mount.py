@@ -9,6 +9,7 @@ import errno
 import json
 import os
 import stat
+import time
 import uuid
 
 import pytest
@@ -38,6 +39,16 @@ def _repo_blob_gets(registry, repo: str) -> list[str]:
     do not have "GET /v2/" in them)."""
     text = registry.log.read_text(errors="replace")
     return [ln for ln in text.splitlines() if f'"GET /v2/{repo}/blobs/' in ln]
+
+
+def _settled_blob_gets(registry, repo: str, at_least: int) -> list[str]:
+    """The registry logs a request just after answering it: wait until ``at_least`` lines
+    are there (up to 60 s), then a little more so that an unexpected extra one shows."""
+    deadline = time.monotonic() + 60
+    while len(_repo_blob_gets(registry, repo)) < at_least and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)
+    return _repo_blob_gets(registry, repo)
 
 
 @pytest.fixture
@@ -99,7 +110,7 @@ def test_lazy_mount_fetches_only_bootstraps_then_one_chunk_range(mount_image, re
                                                                  synthetic_layouts):
     image, repo = image_a
     m = mount_image(image, "--no-prefetch")
-    gets = _repo_blob_gets(registry, repo)
+    gets = _settled_blob_gets(registry, repo, 2)
     assert len(gets) == 2, gets                                         # one bootstrap per layer
     assert m.metrics()['imgfs_registry_requests_total{kind="ondemand"}'] == 0
     path = "small/f050"
@@ -109,7 +120,7 @@ def test_lazy_mount_fetches_only_bootstraps_then_one_chunk_range(mount_image, re
     assert metrics['imgfs_registry_requests_total{kind="ondemand"}'] == 1
     assert metrics['imgfs_registry_bytes_total{kind="ondemand"}'] == span   # exactly its chunk range
     assert span < 200 * 1024
-    gets = _repo_blob_gets(registry, repo)
+    gets = _settled_blob_gets(registry, repo, 3)
     assert len(gets) == 3 and blob in gets[-1]
 
 
@@ -136,7 +147,7 @@ def test_two_images_sharing_a_layer_fetch_shared_chunks_once(mount_image, regist
         assert (a.mountpoint / name).read_bytes() == (b.mountpoint / name).read_bytes()
     assert (b.mountpoint / "etc/top").read_bytes() == b"top-b\n"
     base_blob = imagekit.layer_bootstraps(synthetic_layouts["b"])[0][0]
-    b_base_gets = [g for g in _repo_blob_gets(registry, repo_b) if base_blob in g]
+    b_base_gets = [g for g in _settled_blob_gets(registry, repo_b, 2) if base_blob in g]
     assert len(b_base_gets) == 1, b_base_gets                          # the bootstrap, no chunk
     assert b.metrics()['imgfs_registry_requests_total{kind="ondemand"}'] <= 1   # etc/top only
     assert a.metrics()['imgfs_registry_bytes_total{kind="ondemand"}'] > 5 << 20
@@ -144,8 +155,6 @@ def test_two_images_sharing_a_layer_fetch_shared_chunks_once(mount_image, regist
 
 def test_prefetch_all_fetches_everything_in_background(mount_image, image_a):
     m = mount_image(image_a[0], "--prefetch-all")
-    import time
-
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and m.state()["prefetch"]["phase"] != "done":
         time.sleep(0.1)
@@ -183,8 +192,6 @@ def test_sigterm_unmounts_and_exits(mount_image, image_a):
 
     m = mount_image(image_a[0], "--no-prefetch")
     os.kill(m.pid, 15)
-    import time
-
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and (_alive(m.pid) or os.path.ismount(m.mountpoint)):
         time.sleep(0.05)

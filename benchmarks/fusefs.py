@@ -1,0 +1,232 @@
+"""fusefs benchmark: mount time and RSS, cold/warm sequential reads, metadata rate.
+
+Run: ``python -m benchmarks.fusefs`` (in ``make bench``; needs root for FUSE). Writes
+benchmarks/results/fusefs.json. Method (also in docs/fusefs.md):
+
+- A private docker-registry on 127.0.0.1 (loopback, no link emulation).
+- Image "many": one layer of 100,000 small files (1000 dirs x 100 files, 64-512 bytes),
+  converted with imgformat.layer.convert_layer. Mount time is measured twice: wall
+  time of ``imgfs mount --daemon`` until it returns (process start, manifest, one
+  bootstrap range request, merge, FUSE init, ready handshake) and the daemon's own
+  ``mount_seconds`` from /state. RSS is the daemon's VmRSS after mount and after a
+  full ``find -type f | xargs stat`` walk, whose rate (files/s) is the metadata number.
+- Image "big": one 1 GiB file of incompressible bytes (worst case for bytes moved).
+  Cold: fresh cache dir, sequential read with 1 MiB buffers, every chunk fetched from
+  the registry. Warm: unmount, remount on the same cache dir (kernel page cache of
+  the mount is gone; chunks come from the node cache), read again. Local: the same
+  bytes from a file on the local disk after writing it (page cache warm, as a
+  container's rootfs on overlayfs would usually be; we cannot drop caches in CI).
+  Ratios are throughput / local throughput.
+- Prefetch is off (--no-prefetch) so that the numbers are the on-demand path.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results" / "fusefs.json"
+IMGFS = [sys.executable, "-m", "fusefs.cli"]
+GIB = 1 << 30
+
+
+def _tar_many(path: Path, dirs: int = 1000, per_dir: int = 100) -> int:
+    rnd = random.Random(1)
+    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tar:
+        for d in range(dirs):
+            ti = tarfile.TarInfo(f"d{d:04d}")
+            ti.type, ti.mode, ti.mtime = tarfile.DIRTYPE, 0o755, 1_700_000_000
+            tar.addfile(ti)
+            for f in range(per_dir):
+                data = rnd.randbytes(rnd.randint(64, 512))
+                ti = tarfile.TarInfo(f"d{d:04d}/f{f:03d}")
+                ti.size, ti.mode, ti.mtime = len(data), 0o644, 1_700_000_000
+                tar.addfile(ti, io.BytesIO(data))
+    return dirs * per_dir
+
+
+def _tar_big(path: Path, payload: Path) -> None:
+    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tar:
+        tar.add(payload, arcname="big.bin")
+
+
+def _write_payload(path: Path, size: int) -> None:
+    block = 16 << 20
+    with open(path, "wb") as f:
+        f.writelines(os.urandom(block) for _ in range(size // block))
+
+
+def _convert(tar_path: Path, layout: Path) -> None:
+    from tests.fusefs.imagekit import write_imgfs_layout
+
+    with open(tar_path, "rb") as f:
+        write_imgfs_layout(layout, [f])
+
+
+def _push(layout: Path, host: str, repo: str) -> str:
+    from tests.fusefs.imagekit import push
+
+    return push(layout, host, repo)
+
+
+def _rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+class Mount:
+    def __init__(self, image: str, mp: Path, cache: Path, work: Path) -> None:
+        self.mp, self.work = mp, work
+        mp.mkdir(parents=True, exist_ok=True)
+        self.ctl = work / f"ctl-{mp.name}.sock"
+        t0 = time.perf_counter()
+        r = subprocess.run([*IMGFS, "mount", image, str(mp), "--daemon", "--plain-http", "--no-prefetch",
+                            "--cache-dir", str(cache), "--control-socket", str(self.ctl),
+                            "--log-file", str(work / f"{mp.name}.log")],
+                           capture_output=True, text=True, cwd=ROOT, check=False)
+        self.wall = time.perf_counter() - t0
+        if r.returncode != 0:
+            raise RuntimeError(f"mount failed: {r.stderr}")
+        self.pid = int(r.stdout.strip())
+
+    def state(self) -> dict:
+        from fusefs.control import query
+
+        return json.loads(query(str(self.ctl), "/state")[1])
+
+    def close(self) -> None:
+        subprocess.run(["fusermount3", "-u", str(self.mp)], capture_output=True, check=False)
+        if os.path.ismount(self.mp):
+            subprocess.run(["umount", "-l", str(self.mp)], capture_output=True, check=False)
+        try:
+            os.kill(self.pid, 15)
+        except ProcessLookupError:
+            pass
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and Path(f"/proc/{self.pid}").exists():
+            try:
+                if Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                    break
+            except FileNotFoundError:
+                break
+            time.sleep(0.05)
+
+
+def _read_throughput(path: Path) -> tuple[float, int]:
+    buf = bytearray(1 << 20)
+    n = 0
+    t0 = time.perf_counter()
+    with open(path, "rb", buffering=0) as f:
+        while k := f.readinto(buf):
+            n += k
+    return n / (time.perf_counter() - t0) / 1e6, n
+
+
+def run(work: Path, big_size: int = GIB) -> dict:
+    from tests.support.registry import start_registry
+
+    reg = start_registry(work / "registry")
+    mounts: list[Mount] = []
+    try:
+        out: dict = {"method": __doc__.split("Method (also in docs/fusefs.md):", 1)[1].strip(),
+                     "machine": {"cpus": os.cpu_count()}}
+        # -- 100k files: mount time, RSS, metadata rate
+        t0 = time.perf_counter()
+        files = _tar_many(work / "many.tar")
+        _convert(work / "many.tar", work / "many")
+        image = _push(work / "many", reg.host, "bench/many")
+        out["many_files"] = {"files": files, "prepare_seconds": round(time.perf_counter() - t0, 2)}
+        walls = []
+        for i in range(3):
+            m = Mount(image, work / f"many-mnt{i}", work / f"cache-many{i}", work)
+            mounts.append(m)
+            walls.append(m.wall)
+            if i < 2:
+                m.close()
+                mounts.remove(m)
+        m = mounts[-1]
+        st = m.state()
+        rss_mount = _rss_kib(m.pid)
+        t0 = time.perf_counter()
+        walk = subprocess.run(f"find {m.mp} -type f | xargs stat --format=%s | wc -l", shell=True,
+                              capture_output=True, text=True, check=True)
+        walk_s = time.perf_counter() - t0
+        out["many_files"].update({
+            "mount_wall_seconds": [round(w, 3) for w in walls],
+            "mount_daemon_seconds": st["mount_seconds"],
+            "rss_after_mount_mb": round(rss_mount / 1024, 1),
+            "find_stat_files": int(walk.stdout.strip()),
+            "find_stat_seconds": round(walk_s, 2),
+            "find_stat_files_per_second": round(int(walk.stdout.strip()) / walk_s),
+            "rss_after_walk_mb": round(_rss_kib(m.pid) / 1024, 1),
+        })
+        m.close()
+        mounts.remove(m)
+        # -- 1 GiB file: cold, warm, local
+        t0 = time.perf_counter()
+        payload = work / "big.bin"
+        _write_payload(payload, big_size)
+        _tar_big(work / "big.tar", payload)
+        _convert(work / "big.tar", work / "big")
+        os.unlink(work / "big.tar")
+        image = _push(work / "big", reg.host, "bench/big")
+        prep = round(time.perf_counter() - t0, 2)
+        local = max(_read_throughput(payload)[0] for _ in range(2))
+        cache = work / "cache-big"
+        m = Mount(image, work / "big-mnt", cache, work)
+        mounts.append(m)
+        cold, n = _read_throughput(m.mp / "big.bin")
+        assert n == big_size, n
+        fetched = m.state()["fetcher"]
+        m.close()
+        mounts.remove(m)
+        m = Mount(image, work / "big-mnt2", cache, work)
+        mounts.append(m)
+        warm = max(_read_throughput(m.mp / "big.bin")[0] for _ in range(1))
+        m.close()
+        mounts.remove(m)
+        out["big_file"] = {
+            "bytes": big_size, "prepare_seconds": prep,
+            "local_disk_mb_s": round(local), "cold_mb_s": round(cold), "warm_mb_s": round(warm),
+            "cold_ratio_to_local": round(cold / local, 3), "warm_ratio_to_local": round(warm / local, 3),
+            "cold_requests": fetched["requests"], "cold_registry_mb": round(fetched["bytes"] / 1e6, 1),
+        }
+        out["goals"] = {
+            "mount_under_0.5s": st["mount_seconds"] < 0.5,
+            "rss_under_100mb": rss_mount / 1024 < 100,
+            "warm_at_least_0.8x_local": warm / local >= 0.8,
+            "cold_at_least_300mb_s": cold >= 300,
+        }
+        return out
+    finally:
+        for m in mounts:
+            m.close()
+        reg.stop()
+
+
+def main() -> int:
+    size = int(os.environ.get("IMGFS_BENCH_BIG_BYTES", GIB))
+    work = Path(tempfile.mkdtemp(prefix="imgfs-bench-"))
+    try:
+        result = run(work, size)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(result, indent=1) + "\n")
+    print(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
