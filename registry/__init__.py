@@ -17,20 +17,25 @@ credential helpers), ``ranges`` (Range/Content-Range/multipart), ``blobio``
 (verifying, resuming blob stream), ``upload`` (mount/monolithic/chunked push),
 ``manifest``, ``digests``, ``errors``.
 
-Why requests directly and not oras (oras-py 0.2.43 is pinned and was evaluated):
+Beyond docs/internals.md (additive): ``RegistryClient.from_ref``, ``manifest_digest``
+(HEAD tag -> digest), ``list_tags``, ``statistics()`` (requests, retries, token
+fetches, blob bytes, range requests, multi-range fallbacks: for fusefs metrics),
+keyword-only ``pool_size``, ``proxies``, ``upload_chunk_size``.
+
+Why requests directly and not oras (oras-py 0.2.43 is pinned and was read):
 oras-py's ``Registry`` pushes and pulls whole artifacts to and from files. It
 has no Range or multi-range reads, no digest verification while streaming, no
-resume, no platform selection in indexes, no cross-repo mount; it retries with a
-fixed decorator that neither honours Retry-After nor distinguishes PATCH (unsafe
-to repeat) from GET; its session uses requests' default pool of 10 connections
-and its auth object holds state that is not guarded for concurrent threads. Its
+resume, no platform selection in indexes, no cross-repo mount. Its ``@retry``
+decorator retries only HTTP 500 and exceptions, sleeps ``2 + 3**n`` seconds
+(no Retry-After, no 429/502/503 handling) and would repeat a PATCH, which is not
+safe. Its session has requests' default pool of 10 connections and its token
+auth keeps one mutable token without locking, so threads would race. Its
 helpers that looked reusable do not fit either: ``oras.auth.utils.load_configs``
-always merges ``~/.docker/config.json`` into any path given (so the config path
-is not really injectable, which tests need), ignores ``credHelpers`` semantics
-per registry and logs a warning for missing files; ``parse_auth_header`` drops
-the scheme (Basic vs Bearer) and does not handle escaped quotes. So this package
-is written on requests, following the distribution spec and the token auth spec;
-oras remains a dependency for other parts that push artifacts, not used here.
+always adds ``~/.docker/config.json`` to the paths given (the config path is not
+really injectable, which tests need) and only returns ``credHelpers`` for the
+caller to run; ``parse_auth_header`` drops the scheme (Basic vs Bearer) and does
+not handle escaped quotes. So this package is written on requests, following
+the distribution spec and its token auth spec; oras is not imported here.
 """
 from registry.client import RegistryClient as RegistryClient
 from registry.errors import AuthError as AuthError
