@@ -214,6 +214,8 @@ def _handler(reg: FakeRegistry):
             self.do_GET()
 
         def do_GET(self):
+            if self.path.startswith("http://"):   # absolute-form: we are being used as an HTTP proxy
+                self.path = "/" + self.path.split("/", 3)[3]
             reg.seen.append(Seen(self.command, self.path, dict(self.headers)))
             if self.path.startswith("/token"):
                 return self._token()

@@ -235,3 +235,12 @@ def test_index_without_the_platform(fake, no_docker_config):
     c = client_for(fake.host, no_docker_config)
     with pytest.raises(PlatformNotFound, match="windows/amd64"):
         c.resolve(f"{fake.host}/r/x:t")
+
+
+def test_http_proxy_per_client(fake, no_docker_config):
+    """Requests go through the given proxy (how a P2P agent such as dfdaemon plugs in)."""
+    d = fake.add_blob(DATA)
+    c = RegistryClient("registry.invalid:5000", plain_http=True, docker_config=no_docker_config,
+                       retries=0, proxies={"http": f"http://{fake.host}"})
+    assert c.get_range("r/x", d, 10, 20) == DATA[10:20]
+    assert fake.seen[-1].headers.get("Host") == "registry.invalid:5000"
