@@ -92,7 +92,11 @@ class FileReader:
         """
         if start >= file_size:
             return []
-        ahead = [ref for ref, _ in self._refs(ino, start, min(self.config.readahead, file_size - start))
+        end = min(start + self.config.readahead, file_size)
+        probe = self._refs(ino, end - 1, 1)[0][0]       # window's last chunk: the cheap common case
+        if self.store.contains(probe.digest) or self.fetcher.pending(probe.digest):
+            return []
+        ahead = [ref for ref, _ in self._refs(ino, start, end - start)
                  if not self.store.contains(ref.digest) and not self.fetcher.pending(ref.digest)]
         if not ahead:
             return []
