@@ -12,6 +12,7 @@ from imgformat.constants import (
     BOOTSTRAP_MAGIC,
     BOOTSTRAP_VERSION,
     DIGEST_SHA256,
+    FLAG_IMPLICIT,
     FLAG_OPAQUE,
     FLAG_WHITEOUT,
     ROOT_INO,
@@ -67,8 +68,9 @@ def _assign(root: Node) -> tuple[list[Node], dict[int, list[tuple[bytes, Node]]]
             if child is None:
                 child = Node(kind="whiteout", mode=stat.S_IFCHR, flags=FLAG_WHITEOUT)
             elif name in node.whiteouts and child.kind == "dir":
-                # ".wh.X" and "X/" in one layer: X replaces the lower X, i.e. an opaque dir.
-                child.flags |= FLAG_OPAQUE
+                # ".wh.X" and "X/" in one layer: X replaces the lower X, i.e. an opaque dir
+                # whose attributes are its own even if it was only implied by its children.
+                child.flags = (child.flags | FLAG_OPAQUE) & ~FLAG_IMPLICIT
             if child.ino == 0:
                 child.ino = len(order) + 1
                 child.parent = node.ino

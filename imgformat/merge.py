@@ -9,7 +9,7 @@ handed out in discovery order; once given, a number always means the same node. 
 inode in a layer, several names) keep one merged inode.
 
 Attributes of a directory present in several layers come from the topmost layer that has a real
-record for it (not an IMPLICIT parent the converter invented). Its nlink is 1 ("unknown" for
+record for it (not an IMPLICIT parent the converter invented), see ``source``. Its nlink is 1 ("unknown" for
 find(1)) when several layers contribute, since counting subdirectories would force a merge.
 """
 from __future__ import annotations
@@ -30,12 +30,16 @@ _HIDDEN = object()
 class _Node:
     """One merged inode: its sources (layer index, layer ino), topmost first."""
 
-    __slots__ = ("children", "is_dir", "listing", "mino", "sources")
+    __slots__ = ("attr_source", "children", "is_dir", "listing", "mino", "name", "parent", "sources")
 
-    def __init__(self, mino: int, sources: list[tuple[int, int]], is_dir: bool) -> None:
+    def __init__(self, mino: int, sources: list[tuple[int, int]], is_dir: bool, parent: int,
+                 name: bytes) -> None:
         self.mino = mino
         self.sources = sources
         self.is_dir = is_dir
+        self.parent = parent  # directories: the merged parent (0 for the root) and name, for paths
+        self.name = name
+        self.attr_source: tuple[int, int] | None = None
         self.children: dict[bytes, int | None] = {}
         self.listing: list[tuple[bytes, int]] | None = None
 
@@ -61,14 +65,15 @@ class MergedView:
             top_down.append((i, self.layers[i].root))
             if self.layers[i].getattr(self.layers[i].root).flags & FLAG_OPAQUE:
                 break
-        self._new(("root",), top_down, True)
+        self._new(("root",), top_down, True, 0, b"")
 
     # -- internals ----------------------------------------------------------------------------
-    def _new(self, key: tuple, sources: list[tuple[int, int]], is_dir: bool) -> int:
+    def _new(self, key: tuple, sources: list[tuple[int, int]], is_dir: bool, parent: int,
+             name: bytes) -> int:
         mino = self._keys.get(key)
         if mino is None:
             mino = len(self._nodes) + 1
-            self._nodes.append(_Node(mino, sources, is_dir))
+            self._nodes.append(_Node(mino, sources, is_dir, parent, name))
             self._keys[key] = mino
         return mino
 
@@ -90,7 +95,7 @@ class MergedView:
 
     def _intern(self, parent: _Node, name: bytes, sources: list[tuple[int, int]], is_dir: bool) -> int:
         key = ("d", parent.mino, name) if is_dir else ("f", *sources[0])
-        mino = self._new(key, sources if is_dir else sources[:1], is_dir)
+        mino = self._new(key, sources if is_dir else sources[:1], is_dir, parent.mino, name)
         parent.children[name] = mino
         return mino
 
@@ -167,14 +172,52 @@ class MergedView:
         for i in range(max(start, 0), len(listing)):
             yield i, listing[i][0], listing[i][1]
 
+    def lookup_path(self, path: bytes) -> int | None:
+        """The inode at ``path`` (b"usr/bin/env"; b"" is the root), or None."""
+        ino: int | None = self.root
+        for part in (p for p in path.split(b"/") if p):
+            if ino is None or not self._node(ino).is_dir:
+                return None
+            ino = self.lookup(ino, part)
+        return ino
+
     def source(self, ino: int) -> tuple[int, int]:
-        """(layer index, layer inode) whose record gives ``ino``'s attributes and data."""
+        """(layer index, layer inode) whose record gives ``ino``'s attributes and data.
+
+        A directory takes its attributes from its topmost real (not IMPLICIT) record: an unpacker
+        keeps an existing directory when it creates parents. That holds even when the implicit
+        record is opaque (the marker hides the contents below, not the directory's own record), so
+        then the search goes on in the layers below; failing all, the implicit defaults.
+        """
         with self._lock:
             node = self._node(ino)
-        if node.is_dir:
-            for layer, lino in node.sources:
-                if not self.layers[layer].getattr(lino).flags & FLAG_IMPLICIT:
-                    return layer, lino
+            if not node.is_dir:
+                return node.sources[0]
+            if node.attr_source is None:
+                node.attr_source = self._dir_attr_source(node)
+            return node.attr_source
+
+    def _dir_attr_source(self, node: _Node) -> tuple[int, int]:
+        for layer, lino in node.sources:
+            if not self.layers[layer].getattr(lino).flags & FLAG_IMPLICIT:
+                return layer, lino
+        lowest, lowest_ino = node.sources[-1]
+        if not self.layers[lowest].getattr(lowest_ino).flags & FLAG_OPAQUE:
+            return node.sources[0]  # the chain ended below: nothing lower is visible
+        # An implicit opaque directory hides what is below it, not its own lower record.
+        if node.parent:
+            candidates = [(layer, self.layers[layer].lookup(pino, node.name))
+                          for layer, pino in self._node(node.parent).sources if layer < lowest]
+        else:
+            candidates = [(layer, self.layers[layer].root) for layer in reversed(range(lowest))]
+        for layer, lino in candidates:
+            if lino is None:
+                continue
+            is_dir, flags = self._entry(layer, lino)
+            if not is_dir or flags & FLAG_WHITEOUT:
+                break
+            if not flags & FLAG_IMPLICIT:
+                return layer, lino
         return node.sources[0]
 
     def getattr(self, ino: int) -> Inode:

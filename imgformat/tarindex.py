@@ -193,6 +193,8 @@ class _Builder:
             if existing.kind == "dir" and node.kind == "dir":
                 self._update_dir(existing, node, entry)
                 return
+            if existing.kind == "dir" and existing.flags & FLAG_IMPLICIT:
+                raise FormatError(f"entry {path!r}: not a directory, but earlier entries are inside it")
             raise FormatError(f"entry {path!r}: duplicate path (only directories may repeat)")
         parent.children[name] = node
         entry.node = node
