@@ -20,6 +20,7 @@ the environment are still honoured for the registry's URL.
 from __future__ import annotations
 
 import email.utils
+import json
 import logging
 import random
 import threading
@@ -64,11 +65,13 @@ def _path(url: str) -> str:
 
 
 def _error_code(resp: requests.Response) -> tuple[str | None, str]:
-    """The first ``errors[].code``/``message`` of a registry error body, if it has one."""
+    """The first ``errors[].code``/``message`` of a registry error body, if it has one.
+
+    Reads at most 64 KiB: an error page must not cost a download.
+    """
     try:
-        if int(resp.headers.get("Content-Length") or 0) > 65536:
-            return None, ""
-        errs = resp.json().get("errors") or []
+        body = next(resp.iter_content(65536), b"")
+        errs = json.loads(body).get("errors") or []
         first = errs[0]
         return str(first.get("code") or "") or None, str(first.get("message") or "")[:200]
     except (ValueError, AttributeError, IndexError, TypeError, requests.RequestException):
