@@ -62,19 +62,19 @@ class FileReader:
             return b""
         size = min(size, file_size - offset)
         parts = self._refs(ino, offset, size)
-        missing = [ref for ref, _ in parts if not self.store.contains(ref.digest)]
-        if file_size <= self.config.small_file:
-            if missing:
-                await self.fetcher.ensure([ref for ref, _ in self._refs(ino, 0, file_size)])
-        else:
-            sequential = self._last_end.get(ino) == offset
-            self._last_end[ino] = offset + size
-            if missing or sequential:
-                missing += self._read_ahead(ino, offset + size, file_size, background=bool(missing))
-            if missing:
-                await self.fetcher.ensure(missing)
-        digests = {ref.digest for ref, _ in parts}
-        with self.store.pinned(digests):
+        # pinned before fetching: a chunk a read waits for is never evicted under it
+        with self.store.pinned({ref.digest for ref, _ in parts}):
+            missing = [ref for ref, _ in parts if not self.store.contains(ref.digest)]
+            if file_size <= self.config.small_file:
+                if missing:
+                    await self.fetcher.ensure([ref for ref, _ in self._refs(ino, 0, file_size)])
+            else:
+                sequential = self._last_end.get(ino) == offset
+                self._last_end[ino] = offset + size
+                if missing or sequential:
+                    missing += self._read_ahead(ino, offset + size, file_size, background=bool(missing))
+                if missing:
+                    await self.fetcher.ensure(missing)
             for attempt in (0, 1):
                 out = self._assemble(parts, offset, size)
                 if out is not None:

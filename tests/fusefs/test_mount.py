@@ -224,3 +224,28 @@ def test_cache_cli_stats_and_verify(mount_image, image_a):
     victim.write_bytes(b"rot")
     r = run_imgfs("cache", "verify", "--cache-dir", str(m.cache_dir))
     assert r.returncode == 1 and victim.name in r.stdout and not victim.exists()
+
+
+def test_small_cache_cap_evicts_and_still_serves_right_bytes(mount_image, image_a):
+    cap = 512 * 1024
+    m = mount_image(image_a[0], "--no-prefetch", "--cache-size", "512K")
+    assert (m.mountpoint / "big/blob").read_bytes() == blob_data(10_000, 5 * (1 << 20) + 12345)
+    for name, data in small_files().items():
+        assert (m.mountpoint / name).read_bytes() == data
+    store = m.state()["store"]
+    assert store["evictions"] > 0 and store["capacity"] == cap
+    assert store["bytes"] <= cap
+    on_disk = sum(p.stat().st_size for p in (m.cache_dir / "chunks").rglob("*") if p.is_file())
+    assert on_disk == store["bytes"]
+
+
+def test_config_file_and_usage_errors(tmp_path, image_a):
+    mp = tmp_path / "mnt"
+    mp.mkdir()
+    cfg = tmp_path / "imgfs.toml"
+    cfg.write_text('cache_dir = "/nonexistent"\nbogus_key = 1\n')
+    r = run_imgfs("mount", image_a[0], str(mp), "--config", str(cfg))
+    assert r.returncode == 2 and "bogus_key" in r.stderr
+    r = run_imgfs("mount", image_a[0], str(tmp_path / "no-such-dir"))
+    assert r.returncode == 2 and "not a directory" in r.stderr
+    assert not os.path.ismount(mp)
