@@ -4,7 +4,7 @@
 # second time.  Runs `apt-get update` at most once.
 set -euo pipefail
 pkgs=(fuse3 libfuse3-dev pkg-config containerd runc docker-registry skopeo mmdebstrap zstd
-      strace e2fsprogs python3-venv stargz-snapshotter pigz)
+      strace e2fsprogs python3-venv stargz-snapshotter pigz openssl)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
