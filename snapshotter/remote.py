@@ -198,6 +198,12 @@ class RemoteLayers:
             argv.append("--prefetch-all")
         elif not f.prefetch:
             argv.append("--no-prefetch")
+        ddir = self.daemon_dir / mp.name
+        ddir.mkdir(parents=True, exist_ok=True)
+        tuning = ddir / "mount.toml"      # fusefs MountConfig keys that have no flag
+        tuning.write_text(f"gap_bytes = {f.merge_gap}\nmax_request = {f.max_request}\n"
+                          f"retries = {r.retries}\ntimeout = {float(r.timeout)}\n")
+        argv += ["--config", str(tuning), "--control-socket", str(ddir / "control.sock")]
         return argv
 
     def ensure_mount(self, image: dict) -> Path:

@@ -95,8 +95,13 @@ class Stack:
 
     def run(self, image: str, cid: str, *cmd: str, timeout: float = 300) -> str:
         """`ctr run --rm --snapshotter imgfs IMAGE CID CMD...`, returning its output."""
-        return self.ctd.ctr("run", "--snapshotter", "imgfs", "--rm", image, cid, *cmd,
-                            timeout=timeout).stdout
+        out = self.ctd.ctr("run", "--snapshotter", "imgfs", "--rm", image, cid, *cmd, timeout=timeout).stdout
+        if not out:
+            # ctr can lose the output of a task that exits right after printing (a known race of
+            # its fifo copy under load, containerd#770): the task succeeded, so run it once more.
+            out = self.ctd.ctr("run", "--snapshotter", "imgfs", "--rm", image, cid + "-again", *cmd,
+                               timeout=timeout).stdout
+        return out
 
     def retry(self, fn, timeout: float = 60):
         """Calls fn until it does not raise (containerd reconnects to a restarted plugin lazily)."""

@@ -22,7 +22,7 @@ from snapshotter.proto import snapshots_pb2_grpc as pbg
 
 pytestmark = pytest.mark.e2e
 
-PY = ("python3", "-c", "import sys; print('hello from', sys.implementation.name)")
+PY = ("python3", "-c", "import sys, time; print('hello from', sys.implementation.name, flush=True); time.sleep(1)")
 MANIFEST_ACCEPT = "application/vnd.oci.image.manifest.v1+json"
 
 
@@ -70,7 +70,7 @@ def wait_for(cond, what: str, timeout: float = 60):
 def test_plain_image_runs_through_imgfs(stack, tiny_refs):
     ref = tiny_refs["plain"]
     stack.ctd.ctr("images", "pull", "--plain-http", "--snapshotter", "imgfs", ref)
-    out = stack.run(ref, "plain-1", "/bin/sh", "-c", "echo plain-ok")
+    out = stack.run(ref, "plain-1", "/bin/sh", "-c", "echo plain-ok; sleep 1")
     assert out.strip() == "plain-ok"
     assert not stack.daemon_pids()           # a plain image needs no fusefs daemon
 

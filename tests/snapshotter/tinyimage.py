@@ -15,7 +15,7 @@ import tarfile
 
 import requests
 
-FILES = ("/usr/bin/dash", "/lib/x86_64-linux-gnu/libc.so.6", "/lib64/ld-linux-x86-64.so.2")
+FILES = ("/usr/bin/dash", "/usr/bin/sleep", "/lib/x86_64-linux-gnu/libc.so.6", "/lib64/ld-linux-x86-64.so.2")
 
 
 def _layer() -> tuple[bytes, str]:
