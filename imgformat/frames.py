@@ -22,7 +22,8 @@ from imgformat.tarindex import Node
 _ZEROS = bytes(BLOCK)
 
 
-def _compressor(level: int) -> zstandard.ZstdCompressor:
+def compressor(level: int) -> zstandard.ZstdCompressor:
+    """The one frame configuration of the format (content size in the header, nothing variable)."""
     return zstandard.ZstdCompressor(level=level, write_content_size=True, write_checksum=False,
                                     write_dict_id=False)
 
@@ -45,12 +46,12 @@ class FrameSink:
         self._max_pending = max(2, threads * 2)
         self._local = threading.local()
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="imgformat-zstd") if threads > 1 else None
-        self._inline = _compressor(level) if self._pool is None else None
+        self._inline = compressor(level) if self._pool is None else None
 
     def _work(self, data: bytes, is_chunk: bool) -> tuple[bytes, bytes]:
         cctx = getattr(self._local, "cctx", None)
         if cctx is None:
-            cctx = self._local.cctx = _compressor(self._level)
+            cctx = self._local.cctx = compressor(self._level)
         return cctx.compress(data), hashlib.sha256(data).digest() if is_chunk else b""
 
     def add(self, data: bytes, is_chunk: bool) -> int | None:
@@ -129,17 +130,21 @@ class Packer:
 
     def add_record(self, header: bytes, node: Node | None, size: int,
                    read: Callable[[int], bytes]) -> None:
-        """Append one tar record: header blocks, then ``size`` bytes from ``read``, then padding."""
+        """Append one tar record: header blocks, then ``size`` bytes from ``read``, then padding.
+
+        ``node`` is None for data nothing will read (a whiteout marker with content): it is kept in
+        the tar stream but gets no segments.
+        """
         pad = -size % BLOCK
         if size == 0:
             self.add_raw(header)
             return
-        assert node is not None
         if size < self._small:
             if self._buf and len(self._buf) + len(header) + size + pad > self._chunk_size:
                 self.flush()
             self._buf += header
-            self._segs.append((node, len(self._buf), size))
+            if node is not None:
+                self._segs.append((node, len(self._buf), size))
             self._buf += read(size)
             self._buf += _ZEROS[:pad]
             return
@@ -148,8 +153,9 @@ class Packer:
         done = 0
         while done < size:
             piece = read(min(self._chunk_size, size - done))
-            idx = self._sink.add(piece, is_chunk=True)
-            assert idx is not None
-            node.segments.append(Segment(idx, 0, len(piece), done))
+            idx = self._sink.add(piece, is_chunk=node is not None)
+            if node is not None:
+                assert idx is not None
+                node.segments.append(Segment(idx, 0, len(piece), done))
             done += len(piece)
         self._buf += _ZEROS[:pad]

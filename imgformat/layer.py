@@ -28,7 +28,7 @@ from imgformat.constants import (
 )
 from imgformat.errors import FormatError
 from imgformat.footer import build_footer, skippable_frames
-from imgformat.frames import FrameSink, Packer, _compressor
+from imgformat.frames import FrameSink, Packer, compressor
 from imgformat.tarindex import Entry, LayerIndex, Node, index_tar, normalize
 
 __all__ = ["FormatError", "LayerResult", "PrefetchEntry", "convert_layer"]
@@ -47,7 +47,12 @@ class PrefetchEntry(NamedTuple):
 
 @dataclass(frozen=True, slots=True)
 class LayerResult:
-    """What the converter needs for the manifest, annotations and its summary."""
+    """What the converter needs for the manifest, annotations and its summary.
+
+    blob_digest/blob_size: the blob as written; diff_id: sha256 of the decompressed tar stream;
+    bootstrap_*: the bootstrap region (offset, size, sha256 of those bytes); files: tar records
+    (whiteout markers included); chunks: chunk table entries; uncompressed_size: tar stream bytes.
+    """
 
     blob_digest: str
     blob_size: int
@@ -117,7 +122,7 @@ def _convert_seekable(src: BinaryIO, base: int, out: BinaryIO, chunk_size: int, 
         sink.close()
     pref = _prefetch_chunks(index, prefetch or [])
     raw = build_bootstrap(index.root, chunks, pref, chunk_size, len(index.entries), sink.uncompressed_size)
-    payload = skippable_frames(_compressor(level).compress(raw))
+    payload = skippable_frames(compressor(level).compress(raw))
     boot_digest = hashlib.sha256(payload).digest()
     boot_offset = sink.pos
     sink.write_raw(payload)

@@ -110,3 +110,10 @@ def test_repeated_directory_takes_last_attributes() -> None:
     cv = convert(make_tar([dir_("d", mode=0o700), file_("d/f", b"f"), dir_("d", mode=0o711)]))
     assert cv.bs.getattr(cv.path("d")).mode & 0o777 == 0o711
     assert cv.read(cv.path("d/f")) == b"f"
+
+
+def test_whiteout_marker_with_data_is_kept_but_not_indexed() -> None:
+    cv = convert(make_tar([file_(".wh.x", b"odd but harmless" * 10), file_("big/.wh..wh..opq", bytes(CHUNK)),
+                           file_("y", b"y")]))
+    assert cv.result.chunks == 1 and cv.read(cv.path("y")) == b"y"
+    assert len(decompress_blob(cv.blob)) == cv.result.uncompressed_size
