@@ -137,7 +137,7 @@ def read_view(mv: MergedView, blobs: dict[str, bytes]) -> dict[str, tuple]:
     return out
 
 
-@settings(max_examples=120, deadline=None)
+@settings(max_examples=150, deadline=None, derandomize=True)
 @given(st.lists(st.lists(op, max_size=12), min_size=1, max_size=4))
 def test_merged_view_matches_oci_application(layers_ops) -> None:
     model = Model()
