@@ -152,9 +152,12 @@ def make_stack(registry_host: str, extra_config: str = "") -> Stack:
     return Stack(dir=d, snap=snap, ctd=ctd, registry_host=registry_host)
 
 
+CACHE_CAP = 8 << 20     # small enough that a Debian python start must evict
+
+
 @pytest.fixture(scope="module")
 def stack(registry):
-    s = make_stack(registry.host)
+    s = make_stack(registry.host, f"cache_size = {CACHE_CAP}")
     try:
         yield s
     finally:

@@ -19,6 +19,7 @@ import requests
 from imgformat import constants as C
 from snapshotter.proto import snapshots_pb2 as pb
 from snapshotter.proto import snapshots_pb2_grpc as pbg
+from tests.snapshotter.conftest import CACHE_CAP
 
 pytestmark = pytest.mark.e2e
 
@@ -117,6 +118,8 @@ def test_two_containers_share_one_daemon_and_cleanup_frees_all(stack, debian_ref
         left = [i for r in pbg.SnapshotsStub(ch).List(pb.ListSnapshotsRequest()) for i in r.info]
     assert not [i.name for i in left if "share" in i.name]
     assert not list(stack.mounts_dir().glob("*"))     # mountpoints removed too
+    cached = sum(f.stat().st_size for f in (stack.snap.root / "cache").rglob("*") if f.is_file())
+    assert 0 < cached <= CACHE_CAP
 
 
 def test_prepare_with_registry_down_falls_back_loudly(stack, fresh_registry, tiny_refs):
