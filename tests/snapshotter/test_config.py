@@ -1,0 +1,47 @@
+"""imgfs-snapshotter's TOML config: defaults, overrides, and clear errors."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from snapshotter import config
+
+
+def test_defaults_match_the_docs():
+    cfg = config.load(None)
+    assert cfg.root == Path("/var/lib/imgfs-snapshotter") and cfg.cache == cfg.root / "cache"
+    assert cfg.cache_size == 10 << 30 and cfg.log_level == "info"
+    assert cfg.registry.plain_http == [] and cfg.fetch.prefetch is True
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "snapshotter.md").read_text()
+    for key in ("root", "socket", "cache_dir", "cache_size", "log_level", "mount_timeout",
+                "supervise_interval", "imgfs_bin", "[registry] plain_http", "[registry] insecure",
+                "[registry] credentials", "[registry] timeout", "[registry] retries", "[fetch] prefetch",
+                "[fetch] prefetch_all", "[fetch] merge_gap", "[fetch] max_request"):
+        assert f"| `{key}` |" in doc, key
+
+
+def test_overrides(tmp_path):
+    f = tmp_path / "c.toml"
+    f.write_text('root = "/r"\ncache_dir = "/c"\ncache_size = 5\n[registry]\nplain_http = ["h:1"]\n'
+                 "[fetch]\nprefetch = false\n")
+    cfg = config.load(f)
+    assert (cfg.root, cfg.cache, cfg.cache_size) == (Path("/r"), Path("/c"), 5)
+    assert cfg.registry.plain_http == ["h:1"] and cfg.fetch.prefetch is False
+
+
+@pytest.mark.parametrize("text, msg", [
+    ("roots = '/x'", "unknown key 'roots'"),
+    ("cache_size = -1", "non-negative integer"),
+    ("cache_size = true", "non-negative integer"),
+    ("log_level = 'loud'", "log_level must be one of"),
+    ("[fetch]\nprefetch = 1", "true or false"),
+    ("[registry]\nbogus = 1", "unknown key 'bogus'"),
+    ("registry = 1", "must be a table"),
+    ("root = ", "not valid TOML"),
+])
+def test_errors(tmp_path, text, msg):
+    f = tmp_path / "c.toml"
+    f.write_text(text + "\n")
+    with pytest.raises(config.ConfigError, match=msg):
+        config.load(f)
