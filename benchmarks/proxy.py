@@ -67,7 +67,7 @@ def parse_duration(text: str) -> float:
 
 @dataclass(frozen=True)
 class Record:
-    """One request as the proxy saw it. bytes = body bytes sent to the client."""
+    """One request as the proxy saw it. bytes = body bytes handed to the client's socket."""
     method: str
     path: str
     range: str | None
@@ -139,7 +139,7 @@ class ShapingProxy:
         self.down_bucket, self.up_bucket = TokenBucket(bandwidth), TokenBucket(bandwidth)
         self._lock = threading.Lock()
         self._faults: list[_Fault] = []
-        self._records: list[Record] = []
+        self._records: list[dict] = []     # live: a request's entry is final before its last byte is sent
         self._bytes_up = self._accepted = 0
         self._conns: dict[socket.socket, _Conn] = {}
         self._listener: socket.socket | None = None
@@ -249,7 +249,7 @@ class ShapingProxy:
 
     def records(self) -> list[Record]:
         with self._lock:
-            return list(self._records)
+            return [Record(**r) for r in self._records]
 
     def blob_gets(self, digest: str | None = None) -> list[Record]:
         """GETs of blobs (optionally of one digest), in arrival order, with their Range headers."""
@@ -275,8 +275,8 @@ class ShapingProxy:
 
     def statistics(self) -> ProxyStats:
         with self._lock:
-            return ProxyStats(len(self._records), sum(r.bytes for r in self._records), self._bytes_up,
-                              sum(1 for r in self._records if r.fault), self._accepted)
+            return ProxyStats(len(self._records), sum(r["bytes"] for r in self._records), self._bytes_up,
+                              sum(1 for r in self._records if r["fault"]), self._accepted)
 
     # --- one client connection ------------------------------------------------------------------
     def _serve(self, sock: socket.socket) -> None:
@@ -328,15 +328,13 @@ class ShapingProxy:
             return False
         record = {"method": method, "path": path, "range": headers.get("Range"), "status": 0, "bytes": 0,
                   "fault": fault.kind if fault else None}
-        try:
-            if fault and fault.kind == "503":
-                record["status"] = 503
-                self._send_simple(sock, 503, b"imgfs test proxy: injected 503\n", keep)
-                return keep
-            return self._forward(sock, method, target, headers, body, keep, fault, record, box, cancel)
-        finally:
-            with self._lock:
-                self._records.append(Record(**record))
+        with self._lock:
+            self._records.append(record)
+        if fault and fault.kind == "503":
+            record["status"] = 503
+            self._send_simple(sock, 503, b"imgfs test proxy: injected 503\n", keep)
+            return keep
+        return self._forward(sock, method, target, headers, body, keep, fault, record, box, cancel)
 
     def _request_body(self, rfile, headers) -> list[bytes]:
         """The request body as pieces (buffered: uploads here are tests' pushes, not hot paths)."""
@@ -423,9 +421,9 @@ class ShapingProxy:
                 data = bytes(data)
             if data:
                 self.down_bucket.take(len(data), cancel)
-                sock.sendall(b"%x\r\n%s\r\n" % (len(data), data) if chunked else data)
                 sent += len(data)
-                record["bytes"] = sent
+                record["bytes"] = sent                  # counted before the client can see it
+                sock.sendall(b"%x\r\n%s\r\n" % (len(data), data) if chunked else data)
             if cut is not None and sent >= cut:
                 box.pop().close()                     # the rest of the upstream body is abandoned
                 raise _Abort(rst=kind == "reset")
