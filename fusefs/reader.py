@@ -93,7 +93,10 @@ class FileReader:
         if start >= file_size:
             return []
         end = min(start + self.config.readahead, file_size)
-        probe = self._refs(ino, end - 1, 1)[0][0]       # window's last chunk: the cheap common case
+        # Refill only when less than half a window is covered ahead of the reader, so the
+        # window is fetched in big requests (not one chunk per read as it slides); probing
+        # one chunk keeps the common case (window covered) cheap.
+        probe = self._refs(ino, min(start + self.config.readahead // 2, end - 1), 1)[0][0]
         if self.store.contains(probe.digest) or self.fetcher.pending(probe.digest):
             return []
         ahead = [ref for ref, _ in self._refs(ino, start, end - start)
