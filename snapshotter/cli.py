@@ -43,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         remote = RemoteLayers(cfg, store)
         snap = Snapshotter(cfg.root, store, remote)
         remote.recover()
+        snap.release()           # a crash between a Remove and its daemon's stop leaves one running
         server = serve(snap, cfg.socket)
     except OSError as e:
         print(f"imgfs-snapshotter: cannot start: {e}", file=sys.stderr)

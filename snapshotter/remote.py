@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import shutil
 import subprocess
 import threading
 import time
@@ -254,6 +255,7 @@ class RemoteLayers:
                     Path(mp).rmdir()
                 except OSError:
                     pass
+                shutil.rmtree(self.daemon_dir / Path(mp).name, ignore_errors=True)
 
     # -- recovery and supervision --------------------------------------------------------
     def recover(self) -> None:

@@ -85,9 +85,7 @@ class Snapshotter:
         snap = self.store.create(kind, key, parent, labels)
         d = self._dir(snap)
         try:
-            (d / "fs").mkdir(parents=True, exist_ok=True)
-            (d / "work").mkdir(exist_ok=True)
-            return self._mounts(snap)
+            return self._mounts(snap)       # makes the dirs
         except BaseException:
             # Keep the store and the disk in step: an error leaves no half-made snapshot.
             try:
@@ -105,6 +103,10 @@ class Snapshotter:
 
     def _mounts(self, snap: Snapshot) -> list[dict]:
         d = self._dir(snap)
+        # The row is written before the dirs: a crash in between must not leave a snapshot
+        # whose mounts name missing dirs, so they are (re)made here, idempotently.
+        (d / "fs").mkdir(parents=True, exist_ok=True)
+        (d / "work").mkdir(exist_ok=True)
         chain = self.store.chain(snap.key)
         if not chain:
             opt = "ro" if snap.kind == st.VIEW else "rw"
@@ -169,6 +171,10 @@ class Snapshotter:
                 shutil.rmtree(d, ignore_errors=True)
         self._release()
 
+    def release(self) -> None:
+        """Stops the fusefs daemons no active or view snapshot needs (also called at start)."""
+        self._release()
+
     def _release(self) -> None:
         if self.remote is None:
             return
@@ -181,13 +187,15 @@ def disk_usage(path: Path) -> tuple[int, int]:
     seen: set[tuple[int, int]] = set()
     size = 0
     for dirpath, dirnames, filenames in os.walk(path):
-        for name in [*dirnames, *filenames, ""] if dirpath == str(path) else [*dirnames, *filenames]:
+        names = [os.path.join(dirpath, n) for n in (*dirnames, *filenames)]
+        if dirpath == str(path):
+            names.append(dirpath)
+        for p in names:
             try:
-                s = os.lstat(os.path.join(dirpath, name)) if name else os.lstat(dirpath)
-            except OSError:
+                s = os.lstat(p)
+            except OSError:       # removed while we walk: not ours to count
                 continue
-            if (s.st_dev, s.st_ino) in seen:
-                continue
-            seen.add((s.st_dev, s.st_ino))
-            size += s.st_blocks * 512
+            if (s.st_dev, s.st_ino) not in seen:
+                seen.add((s.st_dev, s.st_ino))
+                size += s.st_blocks * 512
     return size, len(seen)

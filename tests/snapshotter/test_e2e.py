@@ -241,3 +241,25 @@ def test_kill9_snapshotter_and_restart(stack, debian_refs):
     # containerd's GC removes it from the backend a moment later (asynchronously)
     wait_for(lambda: not [i for i in backend_snapshots(stack) if "crash-hold" in i[0]],
              "the snapshotter to remove crash-hold's snapshot")
+
+
+def test_daemon_that_died_while_the_snapshotter_was_down_is_replaced_at_start(stack, debian_refs):
+    ref = debian_refs["imgfs"]
+    stack.ctd.ctr_remote("images", "rpull", "--plain-http", "--snapshotter", "imgfs", ref)
+    stack.ctd.ctr("run", "-d", "--snapshotter", "imgfs", ref, "down-hold", "sleep", "600")
+    try:
+        (pid,) = stack.daemon_pids()
+        stack.snap.kill9()
+        os.kill(pid, signal.SIGKILL)
+        wait_for(lambda: pid not in stack.daemon_pids(), "the daemon to die")
+        stack.restart_snapshotter()          # returns once it serves: recovery ran before
+        new = stack.daemon_pids()
+        assert len(new) == 1 and new[0] != pid and len(stack.fuse_mounts()) == 1
+        assert "is gone: restarting it" in stack.snap.log_text()
+        out = stack.retry(lambda: stack.run(ref, "down-next", *PY))
+        assert out.strip() == "hello from cpython"
+    finally:
+        stack.ctd.ctr("tasks", "kill", "-s", "SIGKILL", "down-hold", check=False)
+        wait_for(lambda: "RUNNING" not in stack.ctd.ctr("tasks", "ls").stdout, "down-hold to stop")
+        stack.ctd.ctr("tasks", "rm", "-f", "down-hold", check=False)
+        stack.ctd.ctr("containers", "rm", "down-hold", check=False)
