@@ -15,13 +15,15 @@ Algorithm (after stargz-snapshotter's blob fetcher and nydus's merging cache):
    an on-demand read is waiting (on-demand first, always).
 3. Singleflight: a chunk being fetched has an entry in ``_inflight``; a second reader
    waits on it instead of fetching again.
-4. Every chunk is decoded and verified (sha256) in the worker thread before it reaches
+4. When one call needs more separate ranges of a blob than there are request slots
+   (scattered small files, a prefetch list with cached holes), consecutive ranges are
+   sent together as one multi-range request (``get_ranges``; the registry client falls
+   back to a covering range where a server cannot do multi-range), so the round trips
+   stay bounded by the slots instead of growing with the number of ranges.
+5. Every chunk is decoded and verified (sha256) in the worker thread before it reaches
    the store. A mismatch fails that chunk only (``ChunkCorrupted`` -> EIO at the FUSE
    edge), is logged with blob and chunk, and nothing is stored; the next read tries
-   again. Rejected alternative: multi-range requests (one GET, several ranges). They
-   save requests only when gaps are too large to bridge, and registries and CDNs
-   answer them inconsistently; parallel single ranges over pooled connections are
-   simpler and as fast on the links we target.
+   again.
 """
 from __future__ import annotations
 
@@ -62,6 +64,10 @@ class BlobSource(Protocol):
 
     def get_range(self, blob: str, start: int, end: int) -> bytes:
         """Bytes ``[start, end)`` of the blob; raises on failure after retries."""
+        ...
+
+    def get_ranges(self, blob: str, ranges: list[tuple[int, int]]) -> list[bytes]:
+        """Bytes of each ``[start, end)``, in one request where the source can."""
         ...
 
 
@@ -120,6 +126,25 @@ def plan_requests(chunks: Iterable[ChunkRef], *, gap_bytes: int = DEFAULT_GAP_BY
     return plans
 
 
+#: Spans per multi-range request (the registry client's own cap is 64).
+MAX_SPANS = 32
+
+
+def batch_requests(plans: list[RangeRequest], slots: int, max_spans: int = MAX_SPANS) -> list[list[RangeRequest]]:
+    """Group planned ranges into requests: one range per request while they fit in
+    ``slots``; beyond that, consecutive ranges of a blob share a multi-range request."""
+    if len(plans) <= slots:
+        return [[p] for p in plans]
+    per = min(max_spans, -(-len(plans) // slots))
+    out: list[list[RangeRequest]] = []
+    for p in plans:
+        if out and out[-1][0].blob == p.blob and len(out[-1]) < per:
+            out[-1].append(p)
+        else:
+            out.append([p])
+    return out
+
+
 @dataclass
 class _Flight:
     """A chunk being fetched; waiters block on ``done``; ``error`` is set on failure."""
@@ -155,6 +180,7 @@ class Fetcher:
         self.max_request = max_request
         self._limiter = trio.CapacityLimiter(max_inflight)
         self._prefetch_limiter = trio.CapacityLimiter(prefetch_slots)
+        self._slots = {False: max_inflight, True: prefetch_slots}
         self._on_request = on_request
         self._inflight: dict[bytes, _Flight] = {}
         self._busy = 0                  # on-demand ensure() calls in progress
@@ -193,8 +219,8 @@ class Fetcher:
             if mine:
                 plans = plan_requests(mine, gap_bytes=self.gap_bytes, max_request=self.max_request)
                 async with trio.open_nursery() as nursery:
-                    for plan in plans:
-                        nursery.start_soon(self._run, plan, prefetch)
+                    for batch in batch_requests(plans, self._slots[prefetch]):
+                        nursery.start_soon(self._run, batch, prefetch)
             for fl in waits:
                 await fl.done.wait()
             errors = [fl.error for fl in waits if fl.error is not None]
@@ -219,22 +245,25 @@ class Fetcher:
         if self._busy == 0:
             self._idle.set()
 
-    async def _run(self, plan: RangeRequest, prefetch: bool) -> None:
-        """Fetch one planned range; resolves every flight of the plan, never raises."""
+    async def _run(self, batch: list[RangeRequest], prefetch: bool) -> None:
+        """Fetch one request (one or more ranges of a blob); resolves every flight of it,
+        never raises."""
         results: dict[bytes, FetchError | None] = {}
+        chunks = [ref for plan in batch for ref in plan.chunks]
         try:
             if prefetch:
                 while self._busy:
                     await self._idle.wait()
             limiter = self._prefetch_limiter if prefetch else self._limiter
-            results = await trio.to_thread.run_sync(self._fetch_sync, plan, prefetch, limiter=limiter)
+            results = await trio.to_thread.run_sync(self._fetch_sync, batch, prefetch, limiter=limiter)
         except Exception as exc:  # noqa: BLE001 - any source failure (after its retries) is EIO
             self._errors += 1
-            log.error("fetch of %s [%d, %d) failed: %s", plan.blob, plan.start, plan.end, exc)
-            err = FetchError(f"fetch of {plan.blob} [{plan.start}, {plan.end}) failed: {exc}")
-            results = {ref.digest: err for ref in plan.chunks}
+            where = ", ".join(f"[{p.start}, {p.end})" for p in batch)
+            log.error("fetch of %s %s failed: %s", batch[0].blob, where, exc)
+            err = FetchError(f"fetch of {batch[0].blob} {where} failed: {exc}")
+            results = {ref.digest: err for ref in chunks}
         finally:
-            for ref in plan.chunks:
+            for ref in chunks:
                 fl = self._inflight.pop(ref.digest, None)
                 if fl is None:
                     continue
@@ -244,37 +273,46 @@ class Fetcher:
                     fl.error = FetchError("fetch cancelled")
                 fl.done.set()
 
-    def _fetch_sync(self, plan: RangeRequest, prefetch: bool) -> dict[bytes, FetchError | None]:
+    def _fetch_sync(self, batch: list[RangeRequest], prefetch: bool) -> dict[bytes, FetchError | None]:
         """Worker thread: one GET, then decode + verify + store each chunk of it."""
-        data = self.source.get_range(plan.blob, plan.start, plan.end)
-        if len(data) != plan.size:
-            raise FetchError(f"short read: {len(data)} of {plan.size} bytes")
+        blob = batch[0].blob
+        if len(batch) == 1:
+            datas = [self.source.get_range(blob, batch[0].start, batch[0].end)]
+        else:
+            datas = self.source.get_ranges(blob, [(p.start, p.end) for p in batch])
+        size = 0
+        for plan, data in zip(batch, datas, strict=True):
+            if len(data) != plan.size:
+                raise FetchError(f"short read: {len(data)} of {plan.size} bytes")
+            size += len(data)
         self._requests += 1
-        self._bytes += len(data)
+        self._bytes += size
         if prefetch:
             self._pf_requests += 1
-            self._pf_bytes += len(data)
+            self._pf_bytes += size
         if self._on_request is not None:
-            self._on_request(plan.blob, len(data), prefetch)
+            self._on_request(blob, size, prefetch)
         out: dict[bytes, FetchError | None] = {}
-        view = memoryview(data)
-        for ref in plan.chunks:
-            off = ref.info.comp_offset - plan.start
-            frame = bytes(view[off:off + ref.info.comp_size])
-            try:
-                raw = self.decode(frame, ref.info)
-            except Exception as exc:  # noqa: BLE001 - ChunkError, zstd errors: never serve it
-                self._corrupt += 1
-                log.error("chunk verification failed: blob %s chunk %s (compressed offset %d, "
-                          "size %d): %s", plan.blob, ref.digest.hex(), ref.info.comp_offset,
-                          ref.info.comp_size, exc)
-                out[ref.digest] = ChunkCorrupted(
-                    f"chunk {ref.digest.hex()} of blob {plan.blob} failed verification")
-                continue
-            self.store.put(ref.digest, raw)
-            self._chunks += 1
-            out[ref.digest] = None
+        for plan, data in zip(batch, datas):
+            view = memoryview(data)
+            for ref in plan.chunks:
+                out[ref.digest] = self._accept(blob, ref, view[ref.info.comp_offset - plan.start:])
         return out
+
+    def _accept(self, blob: str, ref: ChunkRef, frame_view: memoryview) -> FetchError | None:
+        """Verify one fetched chunk and store it; never stores a chunk that fails."""
+        frame = bytes(frame_view[:ref.info.comp_size])
+        try:
+            raw = self.decode(frame, ref.info)
+        except Exception as exc:  # noqa: BLE001 - ChunkError, zstd errors: never serve it
+            self._corrupt += 1
+            log.error("chunk verification failed: blob %s chunk %s (compressed offset %d, "
+                      "size %d): %s", blob, ref.digest.hex(), ref.info.comp_offset,
+                      ref.info.comp_size, exc)
+            return ChunkCorrupted(f"chunk {ref.digest.hex()} of blob {blob} failed verification")
+        self.store.put(ref.digest, raw)
+        self._chunks += 1
+        return None
 
     def statistics(self) -> FetcherStats:
         return FetcherStats(requests=self._requests, bytes=self._bytes, chunks=self._chunks,

@@ -48,6 +48,9 @@ class RegistrySource:
     def get_range(self, blob: str, start: int, end: int) -> bytes:
         return self.client.get_range(self.repository, blob, start, end)
 
+    def get_ranges(self, blob: str, ranges: list[tuple[int, int]]) -> list[bytes]:
+        return self.client.get_ranges(self.repository, blob, ranges)
+
     def describe(self) -> str:
         return f"{self.client.registry}/{self.repository}"
 
@@ -77,6 +80,9 @@ class OciDirSource:
         if len(data) != end - start:
             raise SourceError(f"blob {blob} in {self.root} is shorter than {end}")
         return data
+
+    def get_ranges(self, blob: str, ranges: list[tuple[int, int]]) -> list[bytes]:
+        return [self.get_range(blob, s, e) for s, e in ranges]
 
     def size(self, blob: str) -> int:
         return os.fstat(self._fd(blob)).st_size

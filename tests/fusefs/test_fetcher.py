@@ -15,7 +15,7 @@ import pytest
 import trio
 import zstandard
 
-from fusefs.fetcher import ChunkCorrupted, ChunkRef, Fetcher, FetchError, plan_requests
+from fusefs.fetcher import ChunkCorrupted, ChunkRef, Fetcher, FetchError, batch_requests, plan_requests
 from fusefs.store import ChunkStore
 from imgformat.chunk import decode_chunk
 from imgformat.records import ChunkInfo
@@ -30,6 +30,7 @@ class MemoryBlob:
         self.fail = 0
         self.lock = threading.Lock()
         self.gate: threading.Event | None = None
+        self.multi: list[list[tuple[int, int]]] = []
 
     def get_range(self, blob: str, start: int, end: int) -> bytes:
         if self.gate is not None:
@@ -40,6 +41,11 @@ class MemoryBlob:
                 self.fail -= 1
                 raise ConnectionError("registry down")
         return bytes(self.data[start:end])
+
+    def get_ranges(self, blob: str, ranges: list[tuple[int, int]]) -> list[bytes]:
+        with self.lock:
+            self.multi.append(list(ranges))
+        return [bytes(self.data[s:e]) for s, e in ranges]
 
 
 def make_blob(n: int, size: int = 4096, gap: int = 0) -> tuple[bytes, list[ChunkRef], list[bytes]]:
@@ -129,10 +135,23 @@ def test_prefetch_waits_for_on_demand(tmp_path):
         async with trio.open_nursery() as n:
             n.start_soon(functools.partial(fetcher.ensure, refs[:3], prefetch=True))
             await trio.sleep(0.3)
-            order.append(f"prefetch requests while busy: {len(blob.requests)}")
+            order.append(f"prefetch requests while busy: {len(blob.requests) + len(blob.multi)}")
             await fetcher.ensure(refs[3:])
-            order.append(f"after on-demand: {len(blob.requests)}")
+            order.append(f"after on-demand: {len(blob.requests) + len(blob.multi)}")
             fetcher._leave_busy()
     trio.run(main)
     assert order == ["prefetch requests while busy: 0", "after on-demand: 3"]
-    assert len(blob.requests) == 6
+    assert len(blob.requests) + sum(len(m) for m in blob.multi) == 6
+
+
+def test_scattered_ranges_beyond_the_slots_share_multi_range_requests(tmp_path):
+    data, refs, raws = make_blob(40, gap=1 << 20)                   # 40 ranges, no gap bridgeable
+    blob = MemoryBlob(data)
+    fetcher, store = _fetcher(tmp_path, blob)
+    trio.run(fetcher.ensure, refs)
+    assert len(blob.requests) + len(blob.multi) <= 8
+    assert sum(len(m) for m in blob.multi) + len(blob.requests) == 40
+    assert fetcher.statistics().requests == len(blob.requests) + len(blob.multi)
+    assert all(store.read(r.digest) == raw for r, raw in zip(refs, raws))
+    plans = plan_requests(refs[:5], gap_bytes=0)
+    assert batch_requests(plans, slots=8) == [[p] for p in plans]   # few ranges: one each, in parallel

@@ -249,3 +249,27 @@ def test_config_file_and_usage_errors(tmp_path, image_a):
     r = run_imgfs("mount", image_a[0], str(tmp_path / "no-such-dir"))
     assert r.returncode == 2 and "not a directory" in r.stderr
     assert not os.path.ismount(mp)
+
+
+def test_prefetch_fills_scattered_holes_with_multi_range_requests(mount_image, image_a, tmp_path):
+    cache = tmp_path / "holes-cache"
+    first = mount_image(image_a[0], "--no-prefetch", cache_dir=cache, name="first")
+    files = small_files()
+    for i in range(0, len(files), 8):                       # cache every 8th file's chunks
+        name = f"small/f{i:03d}"
+        assert (first.mountpoint / name).read_bytes() == files[name]
+    cfg = tmp_path / "nogap.toml"
+    cfg.write_text("gap_bytes = 0\n")                        # every hole its own range
+    m = mount_image(image_a[0], "--prefetch-all", "--config", str(cfg), cache_dir=cache, name="second")
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and m.state()["prefetch"]["phase"] != "done":
+        time.sleep(0.1)
+    state = m.state()
+    assert state["prefetch"]["phase"] == "done" and state["prefetch"]["failed"] == 0
+    assert state["fetcher"]["corrupt"] == 0 and state["fetcher"]["errors"] == 0
+    assert state["fetcher"]["prefetch_requests"] <= 4                # 2 slots: holes share requests
+    before = state["fetcher"]["requests"]
+    for name, data in files.items():
+        assert (m.mountpoint / name).read_bytes() == data
+    assert (m.mountpoint / "big/blob").read_bytes() == blob_data(10_000, 5 * (1 << 20) + 12345)
+    assert m.state()["fetcher"]["requests"] == before
