@@ -64,7 +64,8 @@ class MountConfig:
     kernel_readahead_kib: int = 4096
     retries: int = 4
     timeout: float = 30.0
-    allow_other: bool = True
+    # containers run as other users; a non-root user may only use it with user_allow_other
+    allow_other: bool = os.geteuid() == 0
 
 
 def _fetch_bootstrap(source: Any, layer: LayerRef) -> Any:

@@ -273,3 +273,39 @@ def test_prefetch_fills_scattered_holes_with_multi_range_requests(mount_image, i
         assert (m.mountpoint / name).read_bytes() == data
     assert (m.mountpoint / "big/blob").read_bytes() == blob_data(10_000, 5 * (1 << 20) + 12345)
     assert m.state()["fetcher"]["requests"] == before
+
+
+def test_concurrent_readers_fetch_each_chunk_once(mount_image, image_a, synthetic_layouts):
+    from concurrent.futures import ThreadPoolExecutor
+
+    m = mount_image(image_a[0], "--no-prefetch")
+    files = small_files()
+    names = sorted(files)
+
+    def reader(k: int) -> int:
+        order = names[k::2] + names[:k:2] if k % 2 else list(reversed(names))
+        bad = 0
+        for name in order:
+            bad += (m.mountpoint / name).read_bytes() != files[name]
+        return bad
+
+    with ThreadPoolExecutor(8) as pool:
+        assert sum(pool.map(reader, range(8))) == 0
+    wanted = {info.digest for name in names
+              for info in imagekit.file_chunks(synthetic_layouts["a"], name)[1]}
+    fetched = m.state()["fetcher"]
+    assert fetched["chunks"] == len(wanted) and fetched["errors"] == 0
+
+
+def test_imgfs_umount_stops_the_daemon(mount_image, image_a):
+    from tests.fusefs.conftest import _alive
+
+    m = mount_image(image_a[0], "--no-prefetch")
+    r = run_imgfs("umount", str(m.mountpoint))
+    assert r.returncode == 0, r.stderr
+    assert not os.path.ismount(m.mountpoint)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and _alive(m.pid):
+        time.sleep(0.05)
+    assert not _alive(m.pid)
+    assert "unmounted" in m.log.read_text()
