@@ -71,6 +71,24 @@ def unmount(path: Path) -> None:
         subprocess.run(["umount", "-l", str(path)], capture_output=True, check=False)
 
 
+def pids_serving(mountpoint: Path) -> list[int]:
+    """PIDs of imgfs processes whose command line names this (unique, per-test) mountpoint:
+    finds a daemon that never reported its PID (hung before ready, parent timed out)."""
+    needle = os.fsencode(str(mountpoint))
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                args = f.read().split(b"\0")
+        except OSError:
+            continue
+        if needle in args and any(b"fusefs" in a or b"imgfs" in a for a in args):
+            out.append(int(entry))
+    return out
+
+
 def stop_daemon(pid: int, timeout: float = 20) -> None:
     for sig in (signal.SIGTERM, signal.SIGKILL):
         try:
@@ -94,12 +112,14 @@ def mount_image(tmp_path):
     """Factory: mount_image(IMAGE, *extra_args, cache_dir=None, name="m") -> Mounted."""
     mounts: list[Mounted] = []
     pids: list[int] = []
+    mountpoints: list[Path] = []
 
     def mount(image: str, *extra: str, cache_dir: Path | None = None, name: str = "m",
               access_log: bool = False) -> Mounted:
         base = tmp_path / name
         mp = base / "mnt"
         mp.mkdir(parents=True)
+        mountpoints.append(mp)
         cache = cache_dir or base / "cache"
         ctl = base / "control.sock"
         log = base / "imgfs.log"
@@ -127,8 +147,10 @@ def mount_image(tmp_path):
     try:
         yield mount
     finally:
-        for m in reversed(mounts):
-            unmount(m.mountpoint)
+        for mp in reversed(mountpoints):
+            unmount(mp)
+        for mp in mountpoints:
+            pids.extend(p for p in pids_serving(mp) if p not in pids)
         for pid in pids:
             stop_daemon(pid)
 
