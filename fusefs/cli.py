@@ -105,7 +105,7 @@ def _mount_config(args: argparse.Namespace) -> MountConfig:
         raise QuietError(f"mountpoint {args.mountpoint} is not a directory", EXIT_USAGE)
     try:
         return MountConfig(**values)
-    except TypeError as exc:
+    except (TypeError, ValueError) as exc:
         raise QuietError(f"bad configuration: {exc}", EXIT_USAGE) from None
 
 

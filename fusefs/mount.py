@@ -67,6 +67,20 @@ class MountConfig:
     # containers run as other users; a non-root user may only use it with user_allow_other
     allow_other: bool = os.geteuid() == 0
 
+    def __post_init__(self) -> None:
+        if self.prefetch not in ("none", "table", "all"):
+            raise ValueError(f"prefetch must be none, table or all, not {self.prefetch!r}")
+        if self.cache_size is not None and self.cache_size <= 0:
+            raise ValueError("cache_size must be positive")
+        if self.layer is not None and self.layer < 0:
+            raise ValueError("layer must be >= 0")
+        for name in ("gap_bytes", "max_request", "max_inflight", "prefetch_slots", "small_file",
+                     "readahead", "retries"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
+                raise ValueError(f"{name} must be a non-negative integer")
+        if self.max_request <= 0 or self.max_inflight <= 0 or self.prefetch_slots <= 0:
+            raise ValueError("max_request, max_inflight and prefetch_slots must be positive")
+
 
 def _fetch_bootstrap(source: Any, layer: LayerRef) -> Any:
     """One range request for the layer's bootstrap (two if the annotations lack its place)."""

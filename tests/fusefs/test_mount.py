@@ -246,6 +246,11 @@ def test_config_file_and_usage_errors(tmp_path, image_a):
     cfg.write_text('cache_dir = "/nonexistent"\nbogus_key = 1\n')
     r = run_imgfs("mount", image_a[0], str(mp), "--config", str(cfg))
     assert r.returncode == 2 and "bogus_key" in r.stderr
+    cfg.write_text('prefetch = "sometimes"\n')
+    r = run_imgfs("mount", image_a[0], str(mp), "--config", str(cfg))
+    assert r.returncode == 2 and "prefetch must be" in r.stderr
+    r = run_imgfs("mount", image_a[0], str(mp), "--cache-size", "lots")
+    assert r.returncode == 2 and "not a size" in r.stderr
     r = run_imgfs("mount", image_a[0], str(tmp_path / "no-such-dir"))
     assert r.returncode == 2 and "not a directory" in r.stderr
     assert not os.path.ismount(mp)
