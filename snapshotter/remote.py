@@ -79,6 +79,7 @@ class RemoteLayers:
 
     def _verify(self, info: lb.LayerLabels) -> dict:
         from imgformat import constants as C
+        from imgformat.bootstrap import Bootstrap
         from registry.reference import parse_reference
 
         ref = parse_reference(info.image_ref)
@@ -98,12 +99,9 @@ class RemoteLayers:
         got = "sha256:" + hashlib.sha256(payload).hexdigest()
         if got != info.bootstrap_digest:
             raise ValueError(f"bootstrap digest mismatch: annotation {info.bootstrap_digest}, fetched {got}")
-        try:
-            from imgformat.bootstrap import Bootstrap
-        except ImportError:  # the reader is optional for verification: the digest already pins it
-            Bootstrap = None
-        if Bootstrap is not None:
-            Bootstrap.from_blob_bytes(payload)
+        # Decoding checks the structure too (header, tables): a layer fusefs could not mount is
+        # better unpacked plainly now than failing at container start.
+        Bootstrap.from_blob_bytes(payload, blob_digest=info.layer_digest)
         index = digests.index(info.layer_digest)
         image = {"registry": ref.registry, "repository": ref.repository, "manifest": mdigest,
                  "ref": info.image_ref}
