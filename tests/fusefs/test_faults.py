@@ -1,5 +1,7 @@
-"""Faults: 5xx then success, a corrupted chunk in the registry, the registry going away and
-coming back, a corrupted cache entry. Each ends with the right bytes or EIO, never wrong bytes.
+"""Faults: 5xx then success, a reset mid-body, a flipped byte in a chunk, the registry (or
+the link to it) going away and coming back, a corrupted cache entry. Each ends with the
+right bytes or EIO, never wrong bytes. Faults a real registry cannot produce on cue go
+through benchmarks.proxy.ShapingProxy, in front of the real registry.
 """
 from __future__ import annotations
 
@@ -9,9 +11,9 @@ import uuid
 
 import pytest
 
+from benchmarks.proxy import ShapingProxy
 from tests.fusefs import imagekit
 from tests.fusefs.conftest import small_files, stop_daemon, unmount
-from tests.fusefs.faultproxy import FaultProxy
 from tests.support.registry import start_registry
 
 pytestmark = pytest.mark.e2e
@@ -19,11 +21,6 @@ pytestmark = pytest.mark.e2e
 
 def _repo(name: str) -> str:
     return f"fusefs/{name}-{uuid.uuid4().hex[:8]}"
-
-
-def _registry_blob_file(reg, digest: str):
-    hexd = digest.split(":", 1)[1]
-    return reg.root / "docker/registry/v2/blobs/sha256" / hexd[:2] / hexd / "data"
 
 
 def _read_errno(path) -> int | None:
@@ -34,44 +31,69 @@ def _read_errno(path) -> int | None:
     return None
 
 
-def test_5xx_is_retried_and_gives_the_right_bytes(mount_image, registry, synthetic_layouts):
-    repo = _repo("flaky")
+BLOB_GET = r"^GET /v2/.+/blobs/"
+
+
+@pytest.fixture
+def proxied(registry, synthetic_layouts):
+    """Image 'a' behind benchmarks.proxy.ShapingProxy (counting, fault-injecting)."""
+    repo = _repo("proxied")
     imagekit.push(synthetic_layouts["a"], registry.host, repo)
-    proxy = FaultProxy(registry.host)
-    try:
-        m = mount_image(f"docker://{proxy.host}/{repo}:latest", "--no-prefetch")
-        proxy.fail_blob_gets = 2
-        assert (m.mountpoint / "small/f033").read_bytes() == small_files()["small/f033"]
-        statuses = [s for _, rng, s in proxy.blob_gets if rng]
-        assert statuses[-3:] == [503, 503, 206], proxy.blob_gets
-        assert m.state()["fetcher"]["errors"] == 0
-    finally:
-        proxy.close()
+    with ShapingProxy(registry.host) as proxy:
+        yield proxy, f"docker://{proxy.host}/{repo}:latest"
 
 
-def test_corrupted_chunk_is_eio_logged_never_cached_then_recovers(mount_image, fresh_registry,
-                                                                  synthetic_layouts):
-    repo = _repo("rot")
-    image = imagekit.push(synthetic_layouts["a"], fresh_registry.host, repo)
+def test_5xx_is_retried_and_gives_the_right_bytes(mount_image, proxied):
+    proxy, image = proxied
+    m = mount_image(image, "--no-prefetch")
+    proxy.inject("503", 2, match=BLOB_GET)
+    assert (m.mountpoint / "small/f033").read_bytes() == small_files()["small/f033"]
+    assert [r.status for r in proxy.blob_gets()][-3:] == [503, 503, 206]
+    assert m.state()["fetcher"]["errors"] == 0
+
+
+def test_connection_reset_mid_body_is_retried(mount_image, proxied):
+    proxy, image = proxied
+    m = mount_image(image, "--no-prefetch")
+    proxy.inject("reset", 1, match=BLOB_GET)
+    assert (m.mountpoint / "small/f044").read_bytes() == small_files()["small/f044"]
+    assert any(r.fault == "reset" for r in proxy.blob_gets())
+
+
+def test_flipped_byte_is_eio_logged_never_cached_then_recovers(mount_image, proxied, synthetic_layouts):
+    proxy, image = proxied
     m = mount_image(image, "--no-prefetch")
     path = "small/f010"
     blob, infos = imagekit.file_chunks(synthetic_layouts["a"], path)
-    data_file = _registry_blob_file(fresh_registry, blob)
-    original = data_file.read_bytes()
-    pos = infos[0].comp_offset + infos[0].comp_size // 2
-    rotten = bytearray(original)
-    rotten[pos] ^= 0x5A
-    data_file.write_bytes(bytes(rotten))
-    try:
-        assert _read_errno(m.mountpoint / path) == errno.EIO
-        log = m.log.read_text()
-        assert "chunk verification failed" in log and blob in log and infos[0].digest.hex() in log
-        assert not list((m.cache_dir / "chunks").rglob(infos[0].digest.hex()))
-        assert m.metrics()['imgfs_fetch_errors_total{kind="verify"}'] >= 1
-        assert (m.mountpoint / "small/f100").read_bytes() == small_files()["small/f100"]  # others fine
-    finally:
-        data_file.write_bytes(original)
-    assert (m.mountpoint / path).read_bytes() == small_files()[path]
+    # every fetch of it is corrupted while the fault lasts (the kernel itself retries a
+    # failed readahead once with a synchronous read, which would heal a one-shot fault)
+    proxy.inject("flip", 100, match=BLOB_GET)
+    assert _read_errno(m.mountpoint / path) == errno.EIO
+    proxy.clear_faults()
+    log = m.log.read_text()
+    assert "chunk verification failed" in log and blob in log
+    assert any(info.digest.hex() in log for info in infos)
+    assert not [p for info in infos for p in (m.cache_dir / "chunks").rglob(info.digest.hex())]
+    assert m.metrics()['imgfs_fetch_errors_total{kind="verify"}'] >= 1
+    assert (m.mountpoint / "small/f100").read_bytes() == small_files()["small/f100"]  # others fine
+    assert (m.mountpoint / path).read_bytes() == small_files()[path]             # and it recovers
+
+
+def test_proxy_down_mid_read_is_eio_then_recovers(mount_image, proxied):
+    proxy, image = proxied
+    m = mount_image(image, "--no-prefetch")
+    with open(m.mountpoint / "big/blob", "rb") as f:
+        first = f.read(1 << 20)                                            # mid-read of a large file
+        proxy.set_down(True)
+        f.seek(4 << 20)
+        with pytest.raises(OSError) as exc:
+            f.read(1 << 20)
+        assert exc.value.errno == errno.EIO
+        proxy.set_down(False)
+        f.seek(4 << 20)
+        rest = f.read()
+    want = imagekit.blob_data(10_000, 5 * (1 << 20) + 12345)
+    assert first == want[:1 << 20] and rest == want[4 << 20:]
 
 
 def test_registry_down_mid_read_is_eio_then_recovers(mount_image, fresh_registry, synthetic_layouts,
