@@ -1,0 +1,191 @@
+"""One benchmark run: a cold node pulls an image through the shaped link and runs it to ready.
+
+Timeline of a run (only the two middle steps are timed):
+1. cold node: fresh containerd (+ imgfs snapshotter for the lazy modes), page cache
+   dropped, registry blobs warm (see node.py); proxy counters reset.
+2. pull: `ctr images pull --snapshotter overlayfs` (oci: download + unpack every
+   layer) or `ctr-remote image rpull --snapshotter imgfs` (lazy: manifest, config,
+   one bootstrap range per layer).
+3. run-to-ready: `ctr run` of the workload's command until it prints the marker.
+4. bookkeeping while the container idles: proxy counters, /proc of the imgfs
+   processes, fusefs access log and metrics; then the container is killed and the
+   node torn down.
+"""
+from __future__ import annotations
+
+import json
+import queue
+import subprocess
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from benchmarks.node import ColdNode, drop_caches, warm
+from benchmarks.proxy import ShapingProxy
+from benchmarks.workingset import merged_view, read_access_log, working_set
+from benchmarks.workloads import READY_MARKER, Workload
+from registry.client import RegistryClient
+
+LAZY_MODES = ("imgfs", "imgfs-prefetch")
+ALL_MODES = ("oci", "imgfs", "imgfs-prefetch", "estargz")
+TAGS = {"oci": "plain", "imgfs": "imgfs", "imgfs-prefetch": "imgfs-prefetch"}
+READY_TIMEOUT = 900.0      # seconds: a 1 GB image over a slow link still fits
+LIMIT_RTTS = 3             # manifest, then config + bootstraps (parallel), then the data
+
+
+class RunError(RuntimeError):
+    """A run could not complete (pull failed, workload exited before ready, ...)."""
+
+
+@dataclass
+class Target:
+    """An image as pushed to the harness's registry: repository, tags, layer sizes by tag."""
+    workload: Workload
+    repo: str
+    layers: dict[str, list[dict]]          # tag -> [{"digest", "size"}] (manifest order)
+    blob_files: dict[str, list[Path]]      # tag -> the registry's files of its blobs (warmed)
+
+    def size(self, mode: str) -> int:
+        return sum(layer["size"] for layer in self.layers[TAGS[mode]])
+
+
+def run_cmd(argv: list[str], what: str, timeout: float = 1800) -> subprocess.CompletedProcess:
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False,
+                       stdin=subprocess.DEVNULL)
+    if r.returncode != 0:
+        raise RunError(f"{what} failed ({r.returncode}): {r.stdout[-1500:]} {r.stderr[-2500:]}")
+    return r
+
+
+def _wait_marker(proc: subprocess.Popen, timeout: float) -> tuple[float | None, list[str]]:
+    """Reads the workload's stdout until the marker; returns (monotonic time seen, lines)."""
+    lines: list[str] = []
+    seen: queue.Queue = queue.Queue()
+
+    def reader() -> None:
+        for line in proc.stdout:                    # type: ignore[union-attr]
+            now = time.monotonic()
+            if line.strip() == READY_MARKER:
+                seen.put(now)
+            elif len(lines) < 50:
+                lines.append(line.rstrip("\n"))
+        seen.put(None)
+
+    threading.Thread(target=reader, daemon=True).start()
+    try:
+        return seen.get(timeout=timeout), lines
+    except queue.Empty:
+        return None, lines
+
+
+def _metrics(text: str) -> dict[str, float]:
+    """Prometheus text -> {"name{labels}": value} for the imgfs_* samples."""
+    out = {}
+    for ln in text.splitlines():
+        if ln.startswith("imgfs_") and " " in ln and "_bucket{" not in ln and "_created" not in ln:
+            name, _, value = ln.rpartition(" ")
+            try:
+                out[name] = float(value)
+            except ValueError:
+                pass
+    return out
+
+
+def _fusefs_observations(node: ColdNode) -> tuple[list[dict], dict[str, float]]:
+    """Access-log records and metrics of the node's fusefs daemons (flushed now)."""
+    from fusefs.control import query
+
+    records: list[dict] = []
+    metrics: dict[str, float] = {}
+    for d in node.daemon_dirs():
+        sock = d / "control.sock"
+        if not sock.exists():
+            continue
+        query(str(sock), "/access-log/flush", method="POST", timeout=30)
+        status, body = query(str(sock), "/metrics", timeout=30)
+        if status == 200:
+            for k, v in _metrics(body.decode(errors="replace")).items():
+                metrics[k] = metrics.get(k, 0.0) + v
+        log = d / "access.jsonl"
+        if log.exists():
+            records += read_access_log(log)
+    return records, metrics
+
+
+def run_once(target: Target, mode: str, rep: int, proxy: ShapingProxy, client: RegistryClient,
+             drop: bool = True, access_log_out: Path | None = None) -> dict:
+    """Runs `target` in `mode` from a cold node; returns the run's measurements (no metadata).
+
+    access_log_out: where to keep the fusefs access log (JSON lines) of a lazy run, e.g.
+    to make a prefetch list from it.
+    """
+    w = target.workload
+    ref = f"{proxy.host}/{target.repo}:{TAGS[mode]}"
+    node = ColdNode([proxy.host], snapshotter=mode in LAZY_MODES, prefetch=mode == "imgfs-prefetch")
+    node.start()
+    cid = f"imgbench-{w.name}-{rep}"
+    proc = None
+    try:
+        if drop:
+            drop_caches()
+            warm(target.blob_files[TAGS[mode]])
+        proxy.reset_counters()
+        t0 = time.monotonic()
+        if mode == "oci":
+            run_cmd(node.ctr_argv("ctr", "images", "pull", "--plain-http", "--snapshotter", "overlayfs", ref),
+                    "ctr images pull")
+        else:
+            run_cmd(node.ctr_argv("ctr-remote", "image", "rpull", "--plain-http", "--snapshotter", "imgfs",
+                                  ref), "ctr-remote image rpull")
+        t_pull = time.monotonic()
+        pulled = proxy.statistics()
+        snapshotter = "overlayfs" if mode == "oci" else "imgfs"
+        proc = subprocess.Popen(node.ctr_argv("ctr", "run", "--snapshotter", snapshotter, ref, cid,
+                                              *w.command()),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                                text=True)
+        t_ready, output = _wait_marker(proc, READY_TIMEOUT)
+        if t_ready is None:
+            proc.kill()
+            _, err = proc.communicate(timeout=60)
+            raise RunError(f"{w.name} in mode {mode} was not ready (exit {proc.returncode}): "
+                           f"{' | '.join(output[-10:])} {err[-2000:]}")
+        at_ready = proxy.statistics()
+        procs = node.imgfs_processes()
+        ctd = node.containerd_stats()
+        records, metrics = _fusefs_observations(node) if mode in LAZY_MODES else ([], {})
+        if access_log_out is not None and records:
+            access_log_out.parent.mkdir(parents=True, exist_ok=True)
+            access_log_out.write_text("".join(json.dumps(r) + "\n" for r in records))
+        ws = working_set(records, merged_view(client, target.repo, TAGS[mode])) if records else None
+        return {
+            "image": w.name, "mode": mode, "rep": rep, "ok": True, "ref": ref,
+            "pull_s": t_pull - t0, "ready_s": t_ready - t_pull, "total_s": t_ready - t0,
+            "pull_requests": pulled.requests, "pull_bytes": pulled.bytes_down,
+            "requests": at_ready.requests, "bytes": at_ready.bytes_down,
+            "image_bytes": target.size(mode), "image_layers": len(target.layers[TAGS[mode]]),
+            "imgfs_processes": [asdict(p) for p in procs],
+            "imgfs_peak_rss_bytes": sum(p.peak_rss for p in procs) if procs else None,
+            "imgfs_cpu_seconds": sum(p.cpu_seconds for p in procs) if procs else None,
+            "containerd_cpu_seconds": ctd.cpu_seconds if ctd else None,
+            "working_set": asdict(ws) if ws else None,
+            "fusefs_metrics": metrics or None,
+            "output": output,
+            "page_cache_dropped": drop,
+        }
+    finally:
+        if proc is not None and proc.poll() is None:
+            subprocess.run(node.ctr_argv("ctr", "task", "kill", "-s", "SIGKILL", cid), capture_output=True,
+                           check=False, timeout=60)
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        node.stop()
+
+
+def physical_limit(ws_compressed: float, bandwidth: float, rtt: float, local_ready: float) -> float:
+    """Seconds: the compressed working set over the link + LIMIT_RTTS round trips + local start."""
+    return ws_compressed / bandwidth + LIMIT_RTTS * rtt + local_ready
