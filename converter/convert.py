@@ -13,7 +13,6 @@ shared by several platforms are converted once.
 """
 from __future__ import annotations
 
-import io
 import os
 import shutil
 import tempfile
@@ -30,7 +29,7 @@ from converter.location import Location
 from converter.progress import Progress
 from converter.sinks import Blob, ManifestDoc, open_sink
 from converter.sources import OCI_CONFIG, OCI_INDEX, OCI_MANIFEST, sha256_digest
-from converter.streams import READ_SIZE, Cancelled
+from converter.streams import Cancelled
 
 
 @dataclass
@@ -92,7 +91,7 @@ def _convert_one(img: SourceImage, index: int, opts: ConvertOptions, work: Path,
     try:
         with checker, open(tmp, "wb") as out:
             try:
-                res = convert_layer(io.BufferedReader(tar, READ_SIZE), out, chunk_size=opts.chunk_size,
+                res = convert_layer(tar, out, chunk_size=opts.chunk_size,
                                     level=opts.level, prefetch=opts.prefetch, workdir=work)
             except FormatError as e:
                 raise BadInput(f"layer {index} ({layer.digest}): {e}") from None

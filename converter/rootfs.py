@@ -11,7 +11,6 @@ a 4 GiB file costs nothing but time.
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import stat
 import tarfile
@@ -106,7 +105,7 @@ def _layer_entries(img: SourceImage, index: int) -> tuple[list[tuple[bytes, Entr
     opaques: list[bytes] = []
     by_path: dict[bytes, Entry] = {}
     try:
-        with checker, tarfile.open(fileobj=io.BufferedReader(tar, READ_SIZE), mode="r|") as tf:
+        with checker, tarfile.open(fileobj=tar, mode="r|") as tf:
             for m in tf:
                 path = _path(m.name)
                 head, _, base = path.rpartition(b"/")

@@ -29,7 +29,7 @@ from converter.errors import BadInput
 GZIP_MAGIC = b"\x1f\x8b"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 READ_SIZE = 1 << 20             # raw read size: large enough that Python overhead is noise
-OUT_TARGET = 4 << 20            # aim for at most this much decompressed output per step
+OUT_TARGET = 1 << 20            # at most this much decompressed output per step (= a typical read)
 ZSTD_SLICE_MIN = 256            # zstd can expand ~32768:1 (RLE blocks): 256 B -> <= 8 MiB
 ZSTD_SLICE_MAX = 256 << 10
 
@@ -225,9 +225,35 @@ class DecompressReader(io.RawIOBase):
                 return 0
             self._fill()
         n = min(len(b), len(self._buf) - self._bufpos)
-        b[:n] = self._buf[self._bufpos:self._bufpos + n]
+        b[:n] = memoryview(self._buf)[self._bufpos:self._bufpos + n]
         self._bufpos += n
         return n
+
+    def read(self, size: int = -1) -> bytes:
+        """Exactly `size` bytes unless EOF comes first (like a buffered reader), with one copy at most.
+
+        Decompressed pieces are handed out whole when they fit, so the usual
+        1 MiB reads of a spooling consumer cost no copy here at all.
+        """
+        if size is None or size < 0:
+            return b"".join(iter(lambda: self.read(READ_SIZE), b""))
+        parts: list[bytes] = []
+        want = size
+        while want > 0:
+            if self._bufpos >= len(self._buf):
+                if self._eof:
+                    break
+                self._fill()
+                continue
+            avail = len(self._buf) - self._bufpos
+            if self._bufpos == 0 and avail <= want:
+                piece = self._buf
+            else:
+                piece = self._buf[self._bufpos:self._bufpos + min(avail, want)]
+            self._bufpos += len(piece)
+            want -= len(piece)
+            parts.append(piece)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def _fill(self) -> None:
         while True:
