@@ -240,3 +240,28 @@ def push_oci_layout(dir: Path, host: str, repo: str, tag: str, src_tag: str | No
     src = f"oci:{dir}:{src_tag}" if src_tag else f"oci:{dir}"
     subprocess.run(["skopeo", "copy", "--quiet", "--dest-tls-verify=false", src,
                     f"docker://{host}/{repo}:{tag}"], check=True, capture_output=True, timeout=300)
+
+
+def write_multi_platform_layout(dir: Path, images: dict[str, list], tag: str = "latest",
+                                compression: str = "gzip") -> dict[str, OCIImage]:
+    """An OCI layout whose tag names a (nested) image index with one image per platform ("os/arch")."""
+    written = {}
+    entries = []
+    for plat, layers in images.items():
+        os_, arch = plat.split("/")[:2]
+        img = write_oci_layout(dir, layers, compression=compression, tag=None,
+                               config=default_config(
+                                   [sha256(t) if isinstance(t, bytes) else t.diff_id for t in layers],
+                                   {"os": os_, "architecture": arch}))
+        written[plat] = img
+        size = img.blob(img.manifest_digest).stat().st_size
+        entries.append({"mediaType": OCI_MANIFEST, "digest": img.manifest_digest, "size": size,
+                        "platform": {"os": os_, "architecture": arch}})
+    index = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+                        "manifests": entries}, sort_keys=True).encode()
+    digest = sha256(index)
+    (dir / "blobs" / "sha256" / digest.split(":", 1)[1]).write_bytes(index)
+    top = {"mediaType": "application/vnd.oci.image.index.v1+json", "digest": digest, "size": len(index),
+           "annotations": {"org.opencontainers.image.ref.name": tag}}
+    (dir / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [top]}))
+    return written
