@@ -79,9 +79,11 @@ def test_flipped_byte_is_eio_logged_never_cached_then_recovers(mount_image, prox
     assert (m.mountpoint / path).read_bytes() == small_files()[path]             # and it recovers
 
 
-def test_proxy_down_mid_read_is_eio_then_recovers(mount_image, proxied):
+def test_proxy_down_mid_read_is_eio_then_recovers(mount_image, proxied, tmp_path):
     proxy, image = proxied
-    m = mount_image(image, "--no-prefetch")
+    cfg = tmp_path / "no-readahead.toml"          # nothing beyond what is read is fetched early
+    cfg.write_text("readahead = 0\nkernel_readahead_kib = 128\nretries = 1\n")  # fail fast
+    m = mount_image(image, "--no-prefetch", "--config", str(cfg))
     with open(m.mountpoint / "big/blob", "rb") as f:
         first = f.read(1 << 20)                                            # mid-read of a large file
         proxy.set_down(True)
@@ -100,7 +102,9 @@ def test_registry_down_mid_read_is_eio_then_recovers(mount_image, fresh_registry
                                                      tmp_path):
     repo = _repo("down")
     image = imagekit.push(synthetic_layouts["a"], fresh_registry.host, repo)
-    m = mount_image(image, "--no-prefetch")
+    cfg = tmp_path / "fail-fast.toml"
+    cfg.write_text("retries = 1\n")
+    m = mount_image(image, "--no-prefetch", "--config", str(cfg))
     assert (m.mountpoint / "small/f000").read_bytes() == small_files()["small/f000"]
     fresh_registry.stop()
     assert _read_errno(m.mountpoint / "small/f110") == errno.EIO
