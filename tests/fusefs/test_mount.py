@@ -239,20 +239,31 @@ def test_small_cache_cap_evicts_and_still_serves_right_bytes(mount_image, image_
     assert on_disk == store["bytes"]
 
 
-def test_config_file_and_usage_errors(tmp_path, image_a):
+def test_config_file_and_usage_errors(tmp_path, image_a, capsys):
+    """Usage errors are found before anything is mounted (in-process: no fork happens)."""
+    from fusefs.cli import main
+
     mp = tmp_path / "mnt"
     mp.mkdir()
     cfg = tmp_path / "imgfs.toml"
+
+    def run(*args: str) -> tuple[int, str]:
+        try:
+            code = main(list(args))
+        except SystemExit as exc:            # argparse
+            code = exc.code
+        return code, capsys.readouterr().err
+
     cfg.write_text('cache_dir = "/nonexistent"\nbogus_key = 1\n')
-    r = run_imgfs("mount", image_a[0], str(mp), "--config", str(cfg))
-    assert r.returncode == 2 and "bogus_key" in r.stderr
+    code, err = run("mount", image_a[0], str(mp), "--config", str(cfg))
+    assert code == 2 and "bogus_key" in err
     cfg.write_text('prefetch = "sometimes"\n')
-    r = run_imgfs("mount", image_a[0], str(mp), "--config", str(cfg))
-    assert r.returncode == 2 and "prefetch must be" in r.stderr
-    r = run_imgfs("mount", image_a[0], str(mp), "--cache-size", "lots")
-    assert r.returncode == 2 and "not a size" in r.stderr
-    r = run_imgfs("mount", image_a[0], str(tmp_path / "no-such-dir"))
-    assert r.returncode == 2 and "not a directory" in r.stderr
+    code, err = run("mount", image_a[0], str(mp), "--config", str(cfg))
+    assert code == 2 and "prefetch must be" in err
+    code, err = run("mount", image_a[0], str(mp), "--cache-size", "lots")
+    assert code == 2 and "not a size" in err
+    code, err = run("mount", image_a[0], str(tmp_path / "no-such-dir"))
+    assert code == 2 and "not a directory" in err
     assert not os.path.ismount(mp)
 
 
