@@ -17,7 +17,7 @@ import tarfile
 from pathlib import Path
 
 from imgformat import constants as C
-from imgformat.layer import convert_layer
+from imgformat.layer import PrefetchEntry, convert_layer
 
 MTIME = 1_700_000_000
 
@@ -78,7 +78,8 @@ def _put(layout: Path, data: bytes) -> tuple[str, int]:
     return "sha256:" + h, len(data)
 
 
-def write_imgfs_layout(layout: Path, tars: list, *, chunk_size: int = 1 << 20) -> dict:
+def write_imgfs_layout(layout: Path, tars: list, *, chunk_size: int = 1 << 20,
+                       prefetch: list[str] | None = None) -> dict:
     """Convert uncompressed tars (bytes or binary streams) into an imgfs OCI layout (tag "latest").
 
     Returns {"layers": [LayerResult...], "manifest": digest}.
@@ -90,7 +91,8 @@ def write_imgfs_layout(layout: Path, tars: list, *, chunk_size: int = 1 << 20) -
         stream = io.BytesIO(tar) if isinstance(tar, bytes) else tar
         tmp = blobs / f".layer{i}.tmp"
         with open(tmp, "wb") as out:
-            res = convert_layer(stream, out, chunk_size=chunk_size)
+            res = convert_layer(stream, out, chunk_size=chunk_size,
+                                prefetch=[PrefetchEntry(p) for p in prefetch] if prefetch else None)
         tmp.rename(blobs / res.blob_digest.split(":", 1)[1])
         results.append(res)
         descs.append({"mediaType": C.LAYER_MEDIA_TYPE, "digest": res.blob_digest, "size": res.blob_size,

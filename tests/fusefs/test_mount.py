@@ -325,3 +325,25 @@ def test_imgfs_umount_stops_the_daemon(mount_image, image_a):
         time.sleep(0.05)
     assert not _alive(m.pid)
     assert "unmounted" in m.log.read_text()
+
+
+def test_prefetch_table_is_fetched_in_background_at_mount(mount_image, registry, tmp_path):
+    from tests.fusefs.conftest import base_tar
+
+    startup = ["small/f100", "small/f007", "etc/hostname"]
+    layout = tmp_path / "with-prefetch"
+    imagekit.write_imgfs_layout(layout, [base_tar()], chunk_size=64 * 1024, prefetch=startup)
+    m = mount_image(imagekit.push(layout, registry.host, _repo("pf")))
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and m.state()["prefetch"]["phase"] != "done":
+        time.sleep(0.05)
+    state = m.state()
+    assert state["prefetch"]["phase"] == "done" and state["prefetch"]["total"] >= 1
+    assert state["fetcher"]["prefetch_requests"] == 1                  # one contiguous range at the front
+    assert state["fetcher"]["requests"] == 1
+    for name in startup[:2]:
+        assert (m.mountpoint / name).read_bytes() == small_files()[name]
+    assert (m.mountpoint / "etc/hostname").read_bytes() == b"imgfs-test\n"
+    assert m.state()["fetcher"]["requests"] == 1                      # served by the prefetch
+    assert (m.mountpoint / "small/f050").read_bytes() == small_files()["small/f050"]
+    assert m.state()["fetcher"]["requests"] == 2                      # not prefetched: on demand
