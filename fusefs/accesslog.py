@@ -69,7 +69,7 @@ class AccessLog:
 
     def records(self) -> list[dict]:
         out = []
-        for path, rec in sorted(self._records.items(), key=lambda kv: (kv[1].first, kv[0])):
+        for path, rec in sorted(self._records.items(), key=lambda kv: kv[1].first):  # stable: ties keep order
             ranges = merge_ranges(rec.ranges)
             out.append({"path": path, "first_access": rec.first, "ranges": ranges,
                         "stat_only": not ranges})
