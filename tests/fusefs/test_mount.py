@@ -347,3 +347,11 @@ def test_prefetch_table_is_fetched_in_background_at_mount(mount_image, registry,
     assert m.state()["fetcher"]["requests"] == 1                      # served by the prefetch
     assert (m.mountpoint / "small/f050").read_bytes() == small_files()["small/f050"]
     assert m.state()["fetcher"]["requests"] == 2                      # not prefetched: on demand
+
+
+def test_layer_option_mounts_one_layer(mount_image, image_a):
+    m = mount_image(image_a[0], "--no-prefetch", "--layer", "1")
+    assert sorted(os.listdir(m.mountpoint)) == ["etc"]
+    assert sorted(os.listdir(m.mountpoint / "etc")) == ["hostname", "top"]   # whiteout marker hidden
+    assert (m.mountpoint / "etc/top").read_bytes() == b"top-a\n"
+    assert len(m.state()["layers"]) == 1
