@@ -5,9 +5,13 @@ import hashlib
 import http.client
 import json
 import random
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 from urllib.parse import urljoin
 
 import pytest
@@ -293,3 +297,17 @@ def test_parse_errors_and_durations() -> None:
             parse_bandwidth(bad)
     with pytest.raises(ValueError):
         parse_duration("soon")
+
+
+def test_runs_as_a_process_until_terminated(registry) -> None:
+    proc = subprocess.Popen([sys.executable, "-m", "benchmarks.proxy", "--upstream", registry.host,
+                             "--bandwidth", "100mbit", "--rtt", "1ms"], cwd=Path(__file__).resolve().parents[2],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        host = proc.stdout.readline().strip()
+        assert host.startswith("127.0.0.1:"), proc.stderr.read() if proc.poll() is not None else host
+        assert requests.get(f"http://{host}/v2/", timeout=60).status_code == 200
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(60)
+    assert rc == 0
