@@ -13,10 +13,12 @@ stopped by PID (TERM, then KILL) in `stop()`, which also kills the shims it left
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
 import signal
+import socket as socketlib
 import subprocess
 import sys
 import tempfile
@@ -129,7 +131,10 @@ def start_containerd(workdir: Path | None = None, proxy_plugins: dict[str, str] 
     with open(log, "ab") as lf:
         proc = subprocess.Popen(["containerd", "--config", str(cfg)], stdout=lf, stderr=lf,
                                 stdin=subprocess.DEVNULL, start_new_session=True)
-    ctd = Containerd(dir=d, address=address, proc=proc, log=log)
+    # runc keeps container state in /run/containerd/runc/NAMESPACE whatever containerd's root:
+    # a namespace of this instance's own keeps two private containerds' containers apart.
+    ns = "imgfs-" + hashlib.sha256(address.encode()).hexdigest()[:8]
+    ctd = Containerd(dir=d, address=address, proc=proc, log=log, namespace=ns)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -184,6 +189,16 @@ def write_snapshotter_config(root: Path, socket: Path, plain_http: list[str], ex
     return cfg
 
 
+def _accepts(path: Path) -> bool:
+    """True once a server listens on unix socket `path` (the file exists before listen())."""
+    with socketlib.socket(socketlib.AF_UNIX, socketlib.SOCK_STREAM) as s:
+        try:
+            s.connect(str(path))
+            return True
+        except OSError:
+            return False
+
+
 def start_snapshotter(config: Path, root: Path, socket: Path, log: Path,
                       timeout: float = 60) -> SnapshotterProc:
     """Runs `imgfs-snapshotter --config FILE` from this venv; returns once its socket exists."""
@@ -198,7 +213,7 @@ def start_snapshotter(config: Path, root: Path, socket: Path, log: Path,
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"imgfs-snapshotter exited with {proc.returncode}:\n{sp.log_text()[-3000:]}")
-        if socket.exists():
+        if _accepts(socket):
             return sp
         time.sleep(0.05)
     sp.stop()
