@@ -145,6 +145,26 @@ def batch_requests(plans: list[RangeRequest], slots: int, max_spans: int = MAX_S
     return out
 
 
+def _unique(refs: Iterable[ChunkRef]) -> list[ChunkRef]:
+    seen: set[bytes] = set()
+    out = []
+    for ref in refs:
+        if ref.digest not in seen:
+            seen.add(ref.digest)
+            out.append(ref)
+    return out
+
+
+async def _wait_all(flights: list[_Flight]) -> None:
+    """Wait for the flights; raise the first error (a verification failure first)."""
+    for fl in flights:
+        await fl.done.wait()
+    errors = [fl.error for fl in flights if fl.error is not None]
+    if errors:
+        corrupt = [e for e in errors if isinstance(e, ChunkCorrupted)]
+        raise (corrupt or errors)[0]
+
+
 @dataclass
 class _Flight:
     """A chunk being fetched; waiters block on ``done``; ``error`` is set on failure."""
@@ -196,40 +216,64 @@ class Fetcher:
         Raises ``ChunkCorrupted`` or ``FetchError`` if any of them could not be brought
         in; the others that succeeded stay stored. Safe to cancel: waiters of chunks this
         call was fetching are released with an error and may retry.
+
+        ``prefetch=True``: background priority (see ``_ensure_prefetch``).
         """
-        if not prefetch:
-            self._enter_busy()
+        if prefetch:
+            await self._ensure_prefetch(refs)
+            return
+        self._enter_busy()
         try:
             mine: list[ChunkRef] = []
             waits: list[_Flight] = []
-            seen: set[bytes] = set()
-            for ref in refs:
-                d = ref.digest
-                if d in seen:
-                    continue
-                seen.add(d)
-                fl = self._inflight.get(d)
+            for ref in _unique(refs):
+                fl = self._inflight.get(ref.digest)
                 if fl is not None:
                     waits.append(fl)
-                elif not self.store.contains(d):
-                    fl = _Flight()
-                    self._inflight[d] = fl
-                    waits.append(fl)
+                elif not self.store.contains(ref.digest):
+                    waits.append(self._claim(ref))
                     mine.append(ref)
             if mine:
                 plans = plan_requests(mine, gap_bytes=self.gap_bytes, max_request=self.max_request)
                 async with trio.open_nursery() as nursery:
-                    for batch in batch_requests(plans, self._slots[prefetch]):
-                        nursery.start_soon(self._run, batch, prefetch)
-            for fl in waits:
-                await fl.done.wait()
-            errors = [fl.error for fl in waits if fl.error is not None]
-            if errors:
-                corrupt = [e for e in errors if isinstance(e, ChunkCorrupted)]
-                raise (corrupt or errors)[0]
+                    for batch in batch_requests(plans, self._slots[False]):
+                        nursery.start_soon(self._run, batch, False)
+            await _wait_all(waits)
         finally:
-            if not prefetch:
-                self._leave_busy()
+            self._leave_busy()
+
+    async def _ensure_prefetch(self, refs: Iterable[ChunkRef]) -> None:
+        """Fetch at background priority: each request starts only while no on-demand read
+        is waiting, and claims its chunks only then. Claiming late matters: a read that
+        needs a chunk must never wait for a prefetch request that itself waits for reads
+        to finish (priority inversion); until a prefetch request starts, a read simply
+        fetches the chunk itself, and the prefetch request then skips it."""
+        wanted = [r for r in _unique(refs) if not self.store.contains(r.digest)]
+        plans = plan_requests(wanted, gap_bytes=self.gap_bytes, max_request=self.max_request)
+        flights: list[_Flight] = []
+
+        async def one(batch: list[RangeRequest]) -> None:
+            async with self._prefetch_limiter:
+                while self._busy:
+                    await self._idle.wait()
+                todo = [ref for plan in batch for ref in plan.chunks
+                        if ref.digest not in self._inflight and not self.store.contains(ref.digest)]
+                if not todo:
+                    return
+                flights.extend(self._claim(ref) for ref in todo)
+                replanned = plan_requests(todo, gap_bytes=self.gap_bytes, max_request=self.max_request)
+                for group in batch_requests(replanned, 1):
+                    await self._run(group, True)
+
+        async with trio.open_nursery() as nursery:
+            for batch in batch_requests(plans, self._slots[True]):
+                nursery.start_soon(one, batch)
+        await _wait_all(flights)
+
+    def _claim(self, ref: ChunkRef) -> _Flight:
+        fl = _Flight()
+        self._inflight[ref.digest] = fl
+        return fl
 
     def pending(self, digest: bytes) -> bool:
         """True while a fetch of this chunk is in flight."""
@@ -251,10 +295,8 @@ class Fetcher:
         results: dict[bytes, FetchError | None] = {}
         chunks = [ref for plan in batch for ref in plan.chunks]
         try:
-            if prefetch:
-                while self._busy:
-                    await self._idle.wait()
-            limiter = self._prefetch_limiter if prefetch else self._limiter
+            # prefetch requests already hold a prefetch slot (see _ensure_prefetch)
+            limiter = None if prefetch else self._limiter
             results = await trio.to_thread.run_sync(self._fetch_sync, batch, prefetch, limiter=limiter)
         except Exception as exc:  # noqa: BLE001 - any source failure (after its retries) is EIO
             self._errors += 1

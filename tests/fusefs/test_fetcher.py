@@ -155,3 +155,23 @@ def test_scattered_ranges_beyond_the_slots_share_multi_range_requests(tmp_path):
     assert all(store.read(r.digest) == raw for r, raw in zip(refs, raws))
     plans = plan_requests(refs[:5], gap_bytes=0)
     assert batch_requests(plans, slots=8) == [[p] for p in plans]   # few ranges: one each, in parallel
+
+
+def test_read_of_a_queued_prefetch_chunk_does_not_wait_for_the_prefetch(tmp_path):
+    """No priority inversion: prefetch claims chunks only when its request starts."""
+    data, refs, raws = make_blob(4, gap=1 << 20)
+    blob = MemoryBlob(data)
+    fetcher, store = _fetcher(tmp_path, blob)
+
+    async def main():
+        fetcher._enter_busy()                                    # reads keep the link busy
+        async with trio.open_nursery() as n:
+            n.start_soon(functools.partial(fetcher.ensure, refs, prefetch=True))
+            await trio.sleep(0.1)
+            with trio.fail_after(30):
+                await fetcher.ensure(refs[:2])                   # needs chunks the prefetch wants
+            fetcher._leave_busy()
+    trio.run(main)
+    assert all(store.read(r.digest) == raw for r, raw in zip(refs, raws))
+    spans = len(blob.requests) + sum(len(m) for m in blob.multi)
+    assert spans == 4                                            # every chunk fetched exactly once
