@@ -19,7 +19,9 @@ for comparisons; it must be treated as read-only.
 
 mmdebstrap needs root here (`--mode=root`: the trees keep real owners and device
 nodes); the whole suite runs as root anyway (FUSE, containerd). A build takes
-~30-40 s on 2 cores (both rootfs are built in parallel) and ~600 MB of disk.
+~30 s on an idle 2-core machine (both rootfs are built in parallel; 2.5 min
+measured at load 10), ~500 MB of disk while building and ~280 MB once done.
+Rebuilding from the same mirror state was checked to give identical digests.
 """
 from __future__ import annotations
 
