@@ -9,9 +9,10 @@ early (a tar reader stops at the end-of-archive blocks) must call
 
 Bounded output matters for decompression: 64 KiB of gzip or zstd can expand to
 gigabytes (a 4 GiB file of zeros). zlib offers `max_length`; zstandard's
-decompressobj does not, and its stream_reader silently stops on a truncated
-frame, so zstd input is fed in slices whose size adapts to the expansion
-ratio seen so far.
+decompressobj does not, and its stream_reader (bounded) silently stops on a
+truncated frame, so zstd goes through stream_reader while a small walker of
+the frame and block headers (ZstdFraming) proves the stream ended on a frame
+boundary.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import hashlib
 import io
 import threading
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import BinaryIO
 
 import zstandard
@@ -30,8 +31,6 @@ GZIP_MAGIC = b"\x1f\x8b"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 READ_SIZE = 1 << 20             # raw read size: large enough that Python overhead is noise
 OUT_TARGET = 1 << 20            # at most this much decompressed output per step (= a typical read)
-ZSTD_SLICE_MIN = 256            # zstd can expand ~32768:1 (RLE blocks): 256 B -> <= 8 MiB
-ZSTD_SLICE_MAX = 256 << 10
 
 
 class Cancelled(Exception):
@@ -102,89 +101,154 @@ def _readinto_via_read(raw: BinaryIO, b) -> int:
 
 
 class _Decoder:
-    """One compression format. `feed(data)` yields output pieces of at most ~OUT_TARGET bytes.
+    """One compression format: `pieces(read)` pulls raw bytes with `read(n)` and yields output pieces.
 
-    A generator, so that one raw read that expands a thousandfold is still
-    consumed piece by piece.
+    Each piece is at most ~OUT_TARGET bytes whatever the compression ratio.
+    Raises BadInput (without the layer name; the reader adds it).
     """
 
     name = "tar"
 
-    def feed(self, data: bytes) -> Iterator[bytes]:
-        if data:
+    def pieces(self, read: Callable[[int], bytes]) -> Iterator[bytes]:
+        while data := read(READ_SIZE):
             yield data
-
-    def end(self) -> None:
-        """Raw input ended: raise BadInput if a stream is incomplete."""
 
 
 class _GzipDecoder(_Decoder):
+    """zlib with max_length: bounded output; multi-member streams; zero padding after the end."""
+
     name = "gzip"
 
-    def __init__(self) -> None:
-        self._d = zlib.decompressobj(16 + zlib.MAX_WBITS)
-        self._started = False
-
-    def feed(self, data: bytes) -> Iterator[bytes]:
+    def pieces(self, read: Callable[[int], bytes]) -> Iterator[bytes]:
+        d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        started = False
         try:
-            full = False
-            while data or full:
-                if self._d.eof:
-                    if not data.strip(b"\0"):     # zero padding after the last member is tolerated
-                        return
-                    self._d = zlib.decompressobj(16 + zlib.MAX_WBITS)
-                self._started = True
-                piece = self._d.decompress(data, OUT_TARGET)
-                full = len(piece) == OUT_TARGET
-                data = self._d.unused_data if self._d.eof else self._d.unconsumed_tail
-                if piece:
-                    yield piece
+            while raw := read(READ_SIZE):
+                data, full = raw, False
+                while data or full:
+                    if d.eof:
+                        if not data.strip(b"\0"):
+                            break
+                        d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+                    started = True
+                    piece = d.decompress(data, OUT_TARGET)
+                    full = len(piece) == OUT_TARGET
+                    data = d.unused_data if d.eof else d.unconsumed_tail
+                    if piece:
+                        yield piece
         except zlib.error as e:
             raise BadInput(f"corrupt gzip stream: {e}") from None
+        if started and not d.eof:
+            raise BadInput("truncated gzip stream (unexpected end of data)")
+
+
+class ZstdFraming:
+    """Walks the frame/block structure of a zstd stream (RFC 8878) as its bytes pass by.
+
+    zstandard's stream_reader bounds its output but ends silently on a
+    truncated frame; this walker knows whether the stream stopped exactly at
+    a frame boundary. It parses headers only (a few bytes per 128 KiB block).
+    """
+
+    def __init__(self) -> None:
+        self._need = 4              # bytes wanted by the current state
+        self._state = "magic"
+        self._hdr = b""
+        self._skip = 0              # content bytes to pass over
+        self._checksum = False
+        self.frames = 0
+
+    def feed(self, data: bytes) -> None:
+        pos, n = 0, len(data)
+        while pos < n:
+            if self._skip:
+                k = min(self._skip, n - pos)
+                self._skip -= k
+                pos += k
+                continue
+            take = min(self._need - len(self._hdr), n - pos)
+            self._hdr += data[pos:pos + take]
+            pos += take
+            if len(self._hdr) == self._need:
+                hdr, self._hdr = self._hdr, b""
+                self._step(hdr)
+
+    def _step(self, hdr: bytes) -> None:
+        st = self._state
+        if st == "magic":
+            magic = int.from_bytes(hdr, "little")
+            if magic == 0xFD2FB528:
+                self._state, self._need = "fhd", 1
+            elif magic & 0xFFFFFFF0 == 0x184D2A50:
+                self._state, self._need = "skipsize", 4
+            else:
+                raise BadInput(f"corrupt zstd stream: bad frame magic {hdr.hex()}")
+        elif st == "skipsize":
+            self._skip = int.from_bytes(hdr, "little")
+            self._frame_done()
+        elif st == "fhd":
+            fhd = hdr[0]
+            if fhd & 0x08:
+                raise BadInput("corrupt zstd stream: reserved bit set in a frame header")
+            single = bool(fhd & 0x20)
+            fcs = (1 if single else 0, 2, 4, 8)[fhd >> 6]
+            rest = (0 if single else 1) + (0, 1, 2, 4)[fhd & 3] + fcs
+            self._checksum = bool(fhd & 0x04)
+            self._state, self._need = "fhrest", rest
+            if rest == 0:
+                self._state, self._need = "block", 3
+        elif st == "fhrest":
+            self._state, self._need = "block", 3
+        elif st == "block":
+            h = int.from_bytes(hdr, "little")
+            last, btype, size = h & 1, (h >> 1) & 3, h >> 3
+            if btype == 3:
+                raise BadInput("corrupt zstd stream: reserved block type")
+            self._skip = 1 if btype == 1 else size
+            if last:
+                if self._checksum:
+                    self._state, self._need = "checksum", 4
+                else:
+                    self._frame_done()
+        elif st == "checksum":
+            self._frame_done()
+
+    def _frame_done(self) -> None:
+        self.frames += 1
+        self._state, self._need = "magic", 4
 
     def end(self) -> None:
-        if self._started and not self._d.eof:
-            raise BadInput("truncated gzip stream (unexpected end of data)")
+        """The stream ended: it must end exactly after a complete frame."""
+        if self._skip or self._hdr or self._state != "magic" or not self.frames:
+            raise BadInput("truncated zstd stream (unexpected end of data)")
+
+
+class _Tap:
+    """A read() source for zstandard that shows every byte to the framing walker first."""
+
+    def __init__(self, read: Callable[[int], bytes], framing: ZstdFraming):
+        self._read = read
+        self._framing = framing
+
+    def read(self, n: int) -> bytes:
+        data = self._read(n)
+        self._framing.feed(data)
+        return data
 
 
 class _ZstdDecoder(_Decoder):
     name = "zstd"
 
-    def __init__(self) -> None:
-        self._dctx = zstandard.ZstdDecompressor()
-        self._d = self._dctx.decompressobj()
-        self._started = False
-        self._slice = 16 << 10
-
-    def feed(self, data: bytes) -> Iterator[bytes]:
-        view = memoryview(data)
-        pos = 0
+    def pieces(self, read: Callable[[int], bytes]) -> Iterator[bytes]:
+        framing = ZstdFraming()
+        reader = zstandard.ZstdDecompressor().stream_reader(_Tap(read, framing), read_size=READ_SIZE,
+                                                            read_across_frames=True)
         try:
-            while pos < len(view):
-                if self._d.eof:
-                    self._d = self._dctx.decompressobj()
-                piece_in = view[pos:pos + self._slice]
-                self._started = True
-                piece = self._d.decompress(piece_in.tobytes())
-                used = len(piece_in)
-                if self._d.eof:
-                    used -= len(self._d.unused_data)
-                pos += used
-                self._adapt(len(piece))
-                if piece:
-                    yield piece
+            while piece := reader.read(OUT_TARGET):
+                yield piece
         except zstandard.ZstdError as e:
             raise BadInput(f"corrupt zstd stream: {e}") from None
-
-    def _adapt(self, produced: int) -> None:
-        if produced > OUT_TARGET // 2:
-            self._slice = max(ZSTD_SLICE_MIN, self._slice // 4)
-        elif produced < OUT_TARGET // 16:
-            self._slice = min(ZSTD_SLICE_MAX, self._slice * 2)
-
-    def end(self) -> None:
-        if self._started and not self._d.eof:
-            raise BadInput("truncated zstd stream (unexpected end of data)")
+        framing.end()
 
 
 class DecompressReader(io.RawIOBase):
@@ -192,29 +256,32 @@ class DecompressReader(io.RawIOBase):
 
     The format is detected from the first bytes. `diff_id` (sha256 of the
     uncompressed bytes) is available after EOF; `finish()` drains and returns it.
-    Feeding one zstd slice into a decompressobj can only complete one frame;
-    the `_ZstdDecoder` loop accounts for `unused_data` so multi-frame streams
-    (including skippable frames) work.
     """
 
     def __init__(self, raw: BinaryIO, what: str = "layer"):
         self._raw = raw
         self._what = what
-        head = _read_some(raw, 4)
-        if head.startswith(GZIP_MAGIC):
+        self._head = _read_some(raw, 4)
+        if self._head.startswith(GZIP_MAGIC):
             self._dec: _Decoder = _GzipDecoder()
-        elif head.startswith(ZSTD_MAGIC):
+        elif self._head.startswith(ZSTD_MAGIC):
             self._dec = _ZstdDecoder()
         else:
             self._dec = _Decoder()
         self.compression = self._dec.name
-        self._pieces: Iterator[bytes] = self._dec.feed(head)
+        self._pieces: Iterator[bytes] = self._dec.pieces(self._read_raw)
         self._buf = b""
         self._bufpos = 0
         self._eof = False
         self._h = hashlib.sha256()
         self.size = 0
         self.diff_id: str | None = None
+
+    def _read_raw(self, n: int) -> bytes:
+        if self._head:
+            head, self._head = self._head, b""
+            return head
+        return self._raw.read(n)
 
     def readable(self) -> bool:
         return True
@@ -256,34 +323,25 @@ class DecompressReader(io.RawIOBase):
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def _fill(self) -> None:
-        while True:
-            try:
-                piece = next(self._pieces, None)
-                if piece is None:
-                    raw = self._raw.read(READ_SIZE)     # DigestReader errors pass through as they are
-                    if raw:
-                        self._pieces = self._dec.feed(raw)
-                        continue
-                    self._dec.end()
-            except BadInput as e:
-                if str(e).startswith(self._what):
-                    raise
-                raise BadInput(f"{self._what}: {e}") from None
-            if piece is None:
-                self._eof = True
-                self.diff_id = "sha256:" + self._h.hexdigest()
-                self._buf, self._bufpos = b"", 0
-                return
-            self._h.update(piece)
-            self.size += len(piece)
-            self._buf, self._bufpos = piece, 0
+        try:
+            piece = next(self._pieces, None)
+        except BadInput as e:
+            if str(e).startswith(self._what):        # DigestReader errors already name the layer
+                raise
+            raise BadInput(f"{self._what}: {e}") from None
+        if piece is None:
+            self._eof = True
+            self.diff_id = "sha256:" + self._h.hexdigest()
+            self._buf, self._bufpos = b"", 0
             return
+        self._h.update(piece)
+        self.size += len(piece)
+        self._buf, self._bufpos = piece, 0
 
     def finish(self) -> str:
         """Drain the rest (verifying the compressed stream to its end) and return the diff_id."""
-        buf = bytearray(READ_SIZE)
-        while self.readinto(buf):
-            pass
+        while not self._eof:
+            self._fill()
         assert self.diff_id is not None
         return self.diff_id
 
