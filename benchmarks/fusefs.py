@@ -140,7 +140,7 @@ def run(work: Path, big_size: int = GIB) -> dict:
     mounts: list[Mount] = []
     try:
         out: dict = {"method": __doc__.split("Method (also in docs/fusefs.md):", 1)[1].strip(),
-                     "machine": {"cpus": os.cpu_count()}}
+                     "machine": {"cpus": os.cpu_count(), "loadavg_at_start": os.getloadavg()}}
         # -- 100k files: mount time, RSS, metadata rate
         t0 = time.perf_counter()
         files = _tar_many(work / "many.tar")
@@ -202,6 +202,7 @@ def run(work: Path, big_size: int = GIB) -> dict:
             "cold_ratio_to_local": round(cold / local, 3), "warm_ratio_to_local": round(warm / local, 3),
             "cold_requests": fetched["requests"], "cold_registry_mb": round(fetched["bytes"] / 1e6, 1),
         }
+        out["machine"]["loadavg_at_end"] = os.getloadavg()
         out["goals"] = {
             "mount_under_0.5s": st["mount_seconds"] < 0.5,
             "rss_under_100mb": rss_mount / 1024 < 100,

@@ -4,7 +4,7 @@ from __future__ import annotations
 import hashlib
 import os
 
-from fusefs.store import ChunkStore
+from fusefs.store import TRAILER, ChunkStore
 
 
 def _chunk(i: int, size: int = 1000) -> tuple[bytes, bytes]:
@@ -26,7 +26,8 @@ def test_put_read_slices_and_survives_restart(tmp_path):
 
 
 def test_lru_eviction_respects_pins(tmp_path):
-    s = ChunkStore(tmp_path, capacity=3000)
+    cap = 3 * (1000 + TRAILER)
+    s = ChunkStore(tmp_path, capacity=cap)
     chunks = [_chunk(i) for i in range(3)]
     for d, data in chunks:
         s.put(d, data)
@@ -37,7 +38,7 @@ def test_lru_eviction_respects_pins(tmp_path):
         assert s.contains(chunks[1][0])
         assert not (s.path(chunks[2][0])).exists()
     st = s.statistics()
-    assert st.evictions == 1 and st.bytes <= 3000
+    assert st.evictions == 1 and st.bytes <= cap
 
 
 def test_corrupted_entry_detected_after_restart(tmp_path):
@@ -48,10 +49,14 @@ def test_corrupted_entry_detected_after_restart(tmp_path):
     raw = bytearray(p.read_bytes())
     raw[100] ^= 1
     p.write_bytes(bytes(raw))
+    torn, torn_data = _chunk(8)
+    s.put(torn, torn_data)
+    s.path(torn).write_bytes(s.path(torn).read_bytes()[:500])   # a write cut short by a crash
     s2 = ChunkStore(tmp_path)
     assert s2.read(d, 0, 10) is None     # detected on first use, deleted
     assert not p.exists()
-    assert s2.statistics().corrupt == 1
+    assert s2.read(torn) is None
+    assert s2.statistics().corrupt == 2
     s2.put(d, data)                      # refetched
     assert s2.read(d, 0, 10) == data[:10]
 
