@@ -122,7 +122,8 @@ class FileReader:
         if len(parts) == 1:
             ref, seg = parts[0]
             if seg.file_offset == offset and seg.length == size:
-                return self.store.read(ref.digest, seg.offset_in_chunk, seg.length)
+                data = self.store.read(ref.digest, seg.offset_in_chunk, seg.length)
+                return data if data is not None and len(data) == size else None
         buf = bytearray(size)
         for ref, seg in parts:
             data = self.store.read(ref.digest, seg.offset_in_chunk, seg.length)
