@@ -186,6 +186,11 @@ class ChunkStore:
                 if length is None:
                     length = os.fstat(f.fileno()).st_size - TRAILER - offset
                 data = os.pread(f.fileno(), length, offset)
+            if len(data) != length:        # truncated under us: treat like any corruption
+                log.error("cache entry %s is truncated: deleted, will refetch", h)
+                self._drop(h, unlink=True, corrupt=True)
+                self._count_miss()
+                return None
         except FileNotFoundError:
             self._drop(h, unlink=False)
             self._count_miss()

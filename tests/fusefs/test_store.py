@@ -78,3 +78,13 @@ def test_verify_all_removes_corrupted(tmp_path):
     s.path(bad[0]).write_bytes(b"garbage")
     total, removed = ChunkStore(tmp_path).verify_all()
     assert total == 2 and removed == [bad[0].hex()]
+
+
+def test_entry_truncated_while_in_use_is_a_miss(tmp_path):
+    s = ChunkStore(tmp_path)
+    d, data = _chunk(5)
+    s.put(d, data)
+    assert s.read(d, 900, 100) == data[900:]
+    os.truncate(s.path(d), 950)
+    assert s.read(d, 900, 100) is None and not s.path(d).exists()
+    assert s.statistics().corrupt == 1
