@@ -57,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     stop.wait()
     log.info("stopping: fusefs mounts stay up for the next start to adopt")
     server.stop(grace=5).wait()
-    supervisor.join(timeout=10)
+    remote.wake()
+    supervisor.join(timeout=30)
     store.close()
     return 0
 

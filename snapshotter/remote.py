@@ -25,6 +25,7 @@ import shutil
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from snapshotter import daemons
@@ -49,6 +50,8 @@ class RemoteLayers:
         self._manifests: dict[tuple[str, str, str], dict] = {}  # (registry, repo, digest) -> json
         self._tags: dict[str, tuple[float, str]] = {}         # reference -> (when, manifest digest)
         self.restarts = 0
+        self._release_wanted = threading.Event()
+        self._live: Callable[[], list[list[Snapshot]]] | None = None
 
     # -- registry ---------------------------------------------------------------------
     def _client(self, host: str):
@@ -226,17 +229,25 @@ class RemoteLayers:
         self.store.put_daemon(key, str(mp), proc.pid, image)
         log.info("fusefs daemon %d serves %s at %s", proc.pid, key, mp)
 
-    def release_unused(self, live: list[list[Snapshot]]) -> None:
-        """Stops the daemons no active or view snapshot needs; frees their mountpoints."""
-        needed = set()
-        for chain in live:
-            try:
-                found = self._image_for(chain)
-            except st.FailedPrecondition:
-                continue
-            if found is not None:
-                needed.add(self.image_key(found[1]))
+    def schedule_release(self, live: Callable[[], list[list[Snapshot]]]) -> None:
+        self._live = live
+        self._release_wanted.set()
+
+    def release_unused(self, live: Callable[[], list[list[Snapshot]]]) -> None:
+        """Stops the daemons no active or view snapshot needs; frees their mountpoints.
+
+        `live()` is read under the lock that ensure_mount holds, so a Prepare that needs a
+        daemon either is seen here or starts the daemon again after this returns.
+        """
         with self._lock:
+            needed = set()
+            for chain in live():
+                try:
+                    found = self._image_for(chain)
+                except st.FailedPrecondition:
+                    continue
+                if found is not None:
+                    needed.add(self.image_key(found[1]))
             for key, mp, pid, _spec in self.store.daemons():
                 if key in needed:
                     continue
@@ -296,8 +307,20 @@ class RemoteLayers:
                     log.error("cannot restart fusefs daemon of %s: %s", key, e)
 
     def supervise(self, stop: threading.Event) -> None:
-        while not stop.wait(self.cfg.supervise_interval):
+        """Until `stop`: releases unused daemons when asked, checks all every interval."""
+        while not stop.is_set():
+            self._release_wanted.wait(self.cfg.supervise_interval)
+            if stop.is_set():
+                break
             try:
+                if self._release_wanted.is_set():
+                    self._release_wanted.clear()
+                    if self._live is not None:
+                        self.release_unused(self._live)
                 self.check_once()
             except Exception:   # the supervisor must outlive one bad check
                 log.exception("supervision check failed")
+
+    def wake(self) -> None:
+        """Lets supervise() notice `stop` at once."""
+        self._release_wanted.set()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
@@ -34,8 +35,11 @@ class Remote(Protocol):
     def note_existing(self, snap: Snapshot, labels: dict[str, str]) -> None:
         """A pull met a layer that is already there (maybe the top of one more image)."""
 
-    def release_unused(self, live: list[list[Snapshot]]) -> None:
-        """Stops the mounts no chain in `live` (active/view snapshots' parents) needs any more."""
+    def release_unused(self, live: Callable[[], list[list[Snapshot]]]) -> None:
+        """Stops the mounts no chain in `live()` (active/view snapshots' parents) needs any more."""
+
+    def schedule_release(self, live: Callable[[], list[list[Snapshot]]]) -> None:
+        """release_unused(live) soon, off the caller's path (containerd's GC waits on Remove)."""
 
 
 class Snapshotter:
@@ -172,14 +176,24 @@ class Snapshotter:
         self._release()
 
     def release(self) -> None:
-        """Stops the fusefs daemons no active or view snapshot needs (also called at start)."""
-        self._release()
+        """Stops the fusefs daemons no active or view snapshot needs, now (called at start)."""
+        if self.remote is not None:
+            self.remote.release_unused(self._live)
 
     def _release(self) -> None:
-        if self.remote is None:
-            return
-        live = [self.store.chain(s.key) for s in self.store.all() if s.kind in (st.ACTIVE, st.VIEW)]
-        self.remote.release_unused(live)
+        if self.remote is not None:
+            self.remote.schedule_release(self._live)
+
+    def _live(self) -> list[list[Snapshot]]:
+        """The parent chains of all active and view snapshots (what the mounts serve)."""
+        out = []
+        for s in self.store.all():
+            if s.kind in (st.ACTIVE, st.VIEW):
+                try:
+                    out.append(self.store.chain(s.key))
+                except st.NotFound:      # removed meanwhile: needs nothing
+                    continue
+        return out
 
 
 def disk_usage(path: Path) -> tuple[int, int]:

@@ -103,6 +103,12 @@ class Stack:
                                timeout=timeout).stdout
         return out
 
+    def sync_gc(self) -> None:
+        """Runs containerd's garbage collection now and waits for it (a `--sync` lease delete):
+        its own schedule backs off after a slow run, for a minute or more on a loaded machine."""
+        lease = self.ctd.ctr("leases", "create").stdout.split()[0]
+        self.ctd.ctr("leases", "delete", "--sync", lease)
+
     def retry(self, fn, timeout: float = 60):
         """Calls fn until it does not raise (containerd reconnects to a restarted plugin lazily)."""
         deadline = time.monotonic() + timeout
