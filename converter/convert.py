@@ -200,7 +200,11 @@ def convert(src: Location, dst: Location, opts: ConvertOptions, registry_opts: d
             root, subs = ManifestDoc(sha256_digest(data), data, OCI_INDEX), docs
         else:
             root, subs = docs[0], []
-        open_sink(dst, **registry_opts).publish(list(blobs.values()), subs, root)
+        sink = open_sink(dst, **registry_opts)
+        try:
+            sink.publish(list(blobs.values()), subs, root)
+        finally:
+            sink.close()
     finally:
         imgset.close()
         shutil.rmtree(work, ignore_errors=True)

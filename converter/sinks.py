@@ -15,6 +15,7 @@ import os
 import shutil
 import tempfile
 from abc import ABC, abstractmethod
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from converter.errors import BadInput, IOFailure
 from converter.location import Location
 from converter.sources import REF_NAME, registry_client
 
+PUSH_JOBS = 4
 
 @dataclass(frozen=True)
 class Blob:
@@ -47,6 +49,9 @@ class Sink(ABC):
     @abstractmethod
     def publish(self, blobs: list[Blob], manifests: list[ManifestDoc], root: ManifestDoc) -> None:
         """All or nothing as far as readers of the image name can tell."""
+
+    def close(self) -> None:
+        """Release connections."""
 
 
 class OCILayoutSink(Sink):
@@ -137,12 +142,23 @@ class RegistrySink(Sink):
 
     def publish(self, blobs: list[Blob], manifests: list[ManifestDoc], root: ManifestDoc) -> None:
         repo = self.location.repo
-        for blob in blobs:
+
+        def push(blob: Blob) -> None:
             src = blob.path if blob.path is not None else blob.data
             self.client.push_blob(repo, blob.digest, src, size=blob.size)
+
+        # a few uploads at once hide per-request latency; the client is thread-safe
+        with ThreadPoolExecutor(max_workers=PUSH_JOBS, thread_name_prefix="imgconv-push") as pool:
+            for f in [pool.submit(push, b) for b in blobs]:
+                f.result()                  # first error propagates; no manifest is pushed after it
         for m in manifests:
             self.client.push_manifest(repo, m.digest, m.data, m.media_type)
         self.client.push_manifest(repo, self.location.ref, root.data, root.media_type)
+
+    def close(self) -> None:
+        close = getattr(self.client, "close", None)
+        if close is not None:
+            close()
 
 
 def open_sink(location: Location, plain_http: bool = False, insecure: bool = False,
