@@ -4,12 +4,13 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import subprocess
 import tarfile
 
 import zstandard
 
 from tests.converter.conftest import imgconv
-from tests.support.ocilayout import push_oci_layout, write_docker_archive
+from tests.support.ocilayout import push_oci_layout, write_docker_archive, write_oci_layout
 
 ANN = "containerd.io/snapshot/imgfs."
 
@@ -64,7 +65,8 @@ def test_convert_is_deterministic_and_json_summary(rich_oci, rich_converted, tmp
     assert not list(tmp_path.glob(".*tmp*"))
 
 
-def test_oci_to_registry_and_registry_to_registry(registry, rich_oci, rich_converted):
+def test_oci_to_registry_and_registry_to_registry(registry, rich_oci, rich_converted, rich_layers_bytes,
+                                                  tmp_path):
     expected, _, _, _ = read_layout(rich_converted, "v1")
     proc = imgconv("convert", f"oci:{rich_oci.dir}:latest", f"docker://{registry.host}/conv/rich:v1",
                    "--plain-http", "--json", check=True)
@@ -73,8 +75,20 @@ def test_oci_to_registry_and_registry_to_registry(registry, rich_oci, rich_conve
     proc = imgconv("convert", f"docker://{registry.host}/conv/rich-src:orig",
                    f"docker://{registry.host}/conv/rich2:v1", "--plain-http", "--json", check=True)
     assert json.loads(proc.stdout)["manifest_digest"] == expected
-    # and back to a layout: the pushed image reads back byte-identical
-    inspect = json.loads(__import__("subprocess").run(
+    # a Docker schema 2 manifest (docker media types; gzip only) as source converts to the same image
+    gz = write_oci_layout(tmp_path / "gz", rich_layers_bytes, compression="gzip")
+    subprocess.run(["skopeo", "copy", "--quiet", "--format", "v2s2", "--dest-tls-verify=false",
+                    f"oci:{gz.dir}:latest", f"docker://{registry.host}/conv/rich-v2s2:orig"],
+                   check=True, capture_output=True, timeout=300)
+    raw = json.loads(subprocess.run(["skopeo", "inspect", "--raw", "--tls-verify=false",
+                                     f"docker://{registry.host}/conv/rich-v2s2:orig"],
+                                    capture_output=True, check=True, timeout=120).stdout)
+    assert raw["mediaType"] == "application/vnd.docker.distribution.manifest.v2+json"
+    proc = imgconv("convert", f"docker://{registry.host}/conv/rich-v2s2:orig",
+                   f"docker://{registry.host}/conv/rich3:v1", "--plain-http", "--json", check=True)
+    assert json.loads(proc.stdout)["manifest_digest"] == expected
+    # the pushed image reads back as an ordinary OCI image
+    inspect = json.loads(subprocess.run(
         ["skopeo", "inspect", "--raw", "--tls-verify=false", f"docker://{registry.host}/conv/rich2:v1"],
         capture_output=True, check=True, timeout=120).stdout)
     assert inspect["layers"][0]["mediaType"].endswith("tar+zstd")
