@@ -113,7 +113,6 @@ class ColdNode:
                 self.snap = start_snapshotter(cfg, self.snap_root, sock, self.dir / "snapshotter.log")
                 plugins["imgfs"] = str(sock)
             self.ctd = start_containerd(self.dir / "ctd", proxy_plugins=plugins)
-            self.ctd.namespace = "imgbench"
         except BaseException:
             self.stop()
             raise

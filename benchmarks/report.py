@@ -6,8 +6,9 @@ and mode: pull + run-to-ready stacked, median, whiskers min..max of the total, t
 physical limit as a black tick) and DIR/bytes.png (bytes fetched until ready vs the
 image's compressed size, log-log). Plots use matplotlib's Agg backend (no display).
 
-Physical limit per image = median compressed working set (from the imgfs runs'
-access logs) / bandwidth + runner.LIMIT_RTTS x RTT + the median run-to-ready of
+Physical limit per image = the compressed working set (median per lazy mode from
+the runs' access logs mapped onto that mode's chunks; the smallest, i.e. the densest
+layout, counts) / bandwidth + runner.LIMIT_RTTS x RTT + the median run-to-ready of
 `oci` (a fully local start: every byte on the local disk).
 """
 from __future__ import annotations
@@ -62,18 +63,21 @@ def _mode_order(mode: str) -> int:
 def summarize(runs: list[dict]) -> dict:
     """Per image: image sizes, working set, limit, and per mode the spreads of every measure."""
     out: dict[str, dict] = {}
-    for image in sorted({r["image"] for r in runs}, key=lambda i: min(
-            n for n, r in enumerate(runs) if r["image"] == i)):
+    order = next((r["parameters"].get("images") for r in runs if r.get("parameters")), None) or []
+    for image in sorted({r["image"] for r in runs}, key=lambda i: (order.index(i) if i in order else len(order), i)):
         mine = [r for r in runs if r["image"] == image and r.get("ok")]
         params = next((r.get("parameters") for r in runs if r["image"] == image and r.get("parameters")), {})
-        ws = [r["working_set"] for r in mine if r["mode"] == "imgfs" and r.get("working_set")]
+        ws = [r["working_set"] for r in mine if r.get("working_set")]
         modes: dict[str, dict] = {}
         for mode in sorted({r["mode"] for r in mine}, key=_mode_order):
             rs = [r for r in mine if r["mode"] == mode]
             modes[mode] = {k: spread([r.get(k) for r in rs]) for k in (
                 "pull_s", "ready_s", "total_s", "bytes", "requests", "imgfs_peak_rss_bytes",
                 "imgfs_cpu_seconds", "containerd_cpu_seconds", "image_bytes")}
-        ws_comp = spread([w["compressed_bytes"] for w in ws])
+        # The tightest chunk layout seen: a prefetch-ordered image packs the read ranges densely.
+        per_mode = [spread([r["working_set"]["compressed_bytes"] for r in mine
+                            if r["mode"] == mode and r.get("working_set")]) for mode in modes]
+        ws_comp = min((s for s in per_mode if s), key=lambda s: s.median, default=None)
         ws_read = spread([w["bytes_read"] for w in ws])
         local = modes.get("oci", {}).get("ready_s")
         limit = None
@@ -111,7 +115,8 @@ def table(summary: dict) -> str:
         if s["limit"]:
             parts.append(f"physical limit {s['limit']:.2f} s;")
         for r in s["failed"]:
-            parts.append(f"{r['mode']}: {'skipped: ' + r['skipped'] if r.get('skipped') else 'run ' + str(r.get('rep')) + ' failed: ' + str(r.get('error', ''))[:200]};")
+            if not r.get("skipped"):          # skipped modes are in the notes
+                parts.append(f"{r['mode']} run {r.get('rep')} failed: {str(r.get('error', ''))[:200]};")
         lines.append(" ".join(parts))
     return "\n".join(lines) + "\n"
 
@@ -201,6 +206,10 @@ def report(results: Path) -> tuple[str, list[Path]]:
     if mach:
         head.append(f"Machine: {mach.get('cpu')}, {mach.get('cores')} cores, "
                     f"{mach.get('memory_bytes', 0) / 2**30:.0f} GiB, Linux {mach.get('kernel')}.")
+    loads = spread([r["loadavg_at_start"][0] for r in runs if r.get("loadavg_at_start")])
+    if loads:
+        head.append(f"  \n1-min load average when a run started: {loads.fmt(1)} (other work on the machine "
+                    "shows up as spread).")
     md = "\n".join(head) + "\n\n" + table(summary)
     if meta.get("notes"):
         md += "\nNotes:\n" + "".join(f"- {n}\n" for n in meta["notes"])

@@ -14,6 +14,7 @@ Timeline of a run (only the two middle steps are timed):
 from __future__ import annotations
 
 import json
+import os
 import queue
 import subprocess
 import threading
@@ -131,6 +132,7 @@ def run_once(target: Target, mode: str, rep: int, proxy: ShapingProxy, client: R
             drop_caches()
             warm(target.blob_files[TAGS[mode]])
         proxy.reset_counters()
+        load = os.getloadavg()           # the machine may be shared: keep its load with the numbers
         t0 = time.monotonic()
         if mode == "oci":
             run_cmd(node.ctr_argv("ctr", "images", "pull", "--plain-http", "--snapshotter", "overlayfs", ref),
@@ -173,6 +175,7 @@ def run_once(target: Target, mode: str, rep: int, proxy: ShapingProxy, client: R
             "fusefs_metrics": metrics or None,
             "output": output,
             "page_cache_dropped": drop,
+            "loadavg_at_start": list(load),
         }
     finally:
         if proc is not None and proc.poll() is None:

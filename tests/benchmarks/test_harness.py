@@ -57,6 +57,7 @@ def test_one_json_per_run_with_metadata(results: Path) -> None:
         assert r["machine"]["cores"] >= 1 and r["machine"]["memory_bytes"] > 0
         assert r["versions"]["containerd"] and r["versions"]["imgfs_commit"]
         assert r["output"] == ["tiny says hi"] and READY_MARKER not in r["output"]
+        assert len(r["loadavg_at_start"]) == 3
     meta = json.loads((results / "run.json").read_text())
     assert meta["command"] == ["imgbench", "run", "--images", "tiny"]
     assert any("estargz skipped" in n for n in meta["notes"])
