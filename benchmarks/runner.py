@@ -7,9 +7,9 @@ Timeline of a run (only the two middle steps are timed):
    layer) or `ctr-remote image rpull --snapshotter imgfs` (lazy: manifest, config,
    one bootstrap range per layer).
 3. run-to-ready: `ctr run` of the workload's command until it prints the marker.
-4. bookkeeping while the container idles: proxy counters, /proc of the imgfs
-   processes, fusefs access log and metrics; then the container is killed and the
-   node torn down.
+4. bookkeeping at the marker: proxy counters, /proc of the imgfs processes; then,
+   once the workload has exited (its snapshot keeps the fusefs daemon alive), the
+   fusefs access log and metrics; then the node is torn down.
 """
 from __future__ import annotations
 
@@ -156,6 +156,10 @@ def run_once(target: Target, mode: str, rep: int, proxy: ShapingProxy, client: R
         at_ready = proxy.statistics()
         procs = node.imgfs_processes()
         ctd = node.containerd_stats()
+        try:
+            proc.wait(120)               # the workload exits after the marker
+        except subprocess.TimeoutExpired:
+            pass                         # killed below; its reads after the marker may count
         records, metrics = _fusefs_observations(node) if mode in LAZY_MODES else ([], {})
         if access_log_out is not None and records:
             access_log_out.parent.mkdir(parents=True, exist_ok=True)

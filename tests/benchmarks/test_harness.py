@@ -111,7 +111,7 @@ def test_report_table_and_plots(results: Path) -> None:
     assert f"| {oci['total_s']:.2f} |" in rows[0] and f"| {lazy['bytes'] / 1e6:.1f} |" in rows[1]
     limit = physical_limit(lazy["working_set"]["compressed_bytes"], BANDWIDTH, RTT, oci["ready_s"])
     assert f"physical limit {limit:.2f} s" in md
-    assert "estargz: skipped" in md and "Command: `imgbench run --images tiny`" in md
+    assert "tiny: estargz skipped" in md and "Command: `imgbench run --images tiny`" in md
     for p in plots:
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 5000
     runs, _ = load(results)
