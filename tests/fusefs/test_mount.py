@@ -96,9 +96,9 @@ def test_merged_tree_metadata_and_contents(mount_image, image_a):
     assert stat.S_IMODE(os.stat(m.control).st_mode) == 0o600
 
 
-def test_hardlinks_share_an_inode(mount_image, registry):
+def test_hardlinks_share_an_inode(mount_image, registry, tmp_path):
     t = imagekit.Tar().dir("a").dir("b").file("a/one", b"linked\n").hardlink("b/two", "a/one")
-    layout = registry.root.parent / f"hl-{uuid.uuid4().hex[:6]}"
+    layout = tmp_path / "hl"
     imagekit.write_imgfs_layout(layout, [t.bytes()])
     m = mount_image(imagekit.push(layout, registry.host, _repo("hl")), "--no-prefetch")
     a, b = os.stat(m.mountpoint / "a/one"), os.stat(m.mountpoint / "b/two")
