@@ -355,3 +355,11 @@ def test_layer_option_mounts_one_layer(mount_image, image_a):
     assert sorted(os.listdir(m.mountpoint / "etc")) == ["hostname", "top"]   # whiteout marker hidden
     assert (m.mountpoint / "etc/top").read_bytes() == b"top-a\n"
     assert len(m.state()["layers"]) == 1
+
+
+def test_mount_by_manifest_digest(mount_image, image_a, synthetic_layouts, registry):
+    """The snapshotter mounts images as docker://HOST/REPO@sha256:... (no tag)."""
+    index = json.loads((synthetic_layouts["a"] / "index.json").read_text())
+    digest = index["manifests"][0]["digest"]
+    m = mount_image(f"docker://{registry.host}/{image_a[1]}@{digest}", "--no-prefetch")
+    assert (m.mountpoint / "etc/top").read_bytes() == b"top-a\n"
