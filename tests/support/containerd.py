@@ -95,6 +95,10 @@ class Containerd:
                 pass
         _unmount_under(self.dir)
         shutil.rmtree(self.dir, ignore_errors=True)
+        try:
+            os.rmdir(f"/run/containerd/runc/{self.namespace}")   # runc's state dir of our namespace
+        except OSError:
+            pass
 
 
 def _unmount_under(path: Path) -> None:
