@@ -209,38 +209,41 @@ async def run_mount(cfg: MountConfig, on_ready: Callable[[], None] = lambda: Non
     options = {"fsname=imgfs", "subtype=imgfs", "ro", "default_permissions"}
     if cfg.allow_other:
         options.add("allow_other")
-    pyfuse3.init(ops, cfg.mountpoint, options)
-    log.info("mounted %s on %s (%d layers)", cfg.image, cfg.mountpoint, len(layers))
-    try:
-        async with trio.open_nursery() as nursery:
-            async def fuse_main() -> None:
-                await pyfuse3.main()
-                nursery.cancel_scope.cancel()
-
-            nursery.start_soon(fuse_main)
-            reader.spawn = nursery.start_soon
-            nursery.start_soon(_watch_signals)
-            await trio.to_thread.run_sync(_touch_root, cfg.mountpoint)
-            await trio.to_thread.run_sync(_tune_kernel_readahead, cfg.mountpoint, cfg.kernel_readahead_kib)
-            if cfg.control_socket:
-                await nursery.start(serve_control, cfg.control_socket, control)
-            started["mount_seconds"] = round(time.monotonic() - t0, 4)
-            on_ready()
-            if prefetcher is not None:
-                nursery.start_soon(prefetcher.run)
-    finally:
-        if access_log is not None:
-            try:
-                access_log.flush()
-            except OSError as exc:
-                log.error("cannot write the access log %s: %s", cfg.access_log, exc)
-        pyfuse3.close(unmount=True)
-        log.info("unmounted %s", cfg.mountpoint)
-
-
-async def _watch_signals() -> None:
+    # the handlers are in place before the mount exists: a SIGTERM at any point after it
+    # unmounts cleanly instead of killing the process and leaving a dead mount behind
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
-        async for signum in signals:
-            log.info("signal %d: unmounting", signum)
-            pyfuse3.terminate()
-            return
+        pyfuse3.init(ops, cfg.mountpoint, options)
+        log.info("mounted %s on %s (%d layers)", cfg.image, cfg.mountpoint, len(layers))
+        try:
+            async with trio.open_nursery() as nursery:
+                async def fuse_main() -> None:
+                    await pyfuse3.main()
+                    nursery.cancel_scope.cancel()
+
+                nursery.start_soon(fuse_main)
+                nursery.start_soon(_watch_signals, signals)
+                reader.spawn = nursery.start_soon
+                await trio.to_thread.run_sync(_touch_root, cfg.mountpoint)
+                await trio.to_thread.run_sync(_tune_kernel_readahead, cfg.mountpoint,
+                                              cfg.kernel_readahead_kib)
+                if cfg.control_socket:
+                    await nursery.start(serve_control, cfg.control_socket, control)
+                started["mount_seconds"] = round(time.monotonic() - t0, 4)
+                on_ready()
+                if prefetcher is not None:
+                    nursery.start_soon(prefetcher.run)
+        finally:
+            if access_log is not None:
+                try:
+                    access_log.flush()
+                except OSError as exc:
+                    log.error("cannot write the access log %s: %s", cfg.access_log, exc)
+            pyfuse3.close(unmount=True)
+            log.info("unmounted %s", cfg.mountpoint)
+
+
+async def _watch_signals(signals: Any) -> None:
+    async for signum in signals:
+        log.info("signal %d: unmounting", signum)
+        pyfuse3.terminate()
+        return
