@@ -363,3 +363,35 @@ def test_mount_by_manifest_digest(mount_image, image_a, synthetic_layouts, regis
     digest = index["manifests"][0]["digest"]
     m = mount_image(f"docker://{registry.host}/{image_a[1]}@{digest}", "--no-prefetch")
     assert (m.mountpoint / "etc/top").read_bytes() == b"top-a\n"
+
+
+def test_foreground_mount_ready_file_and_sigint(image_a, tmp_path):
+    """Foreground mode (how the snapshotter runs it): --pid-file appears when ready, SIGINT
+    unmounts and exits 0."""
+    import signal
+    import subprocess
+    import sys
+
+    from tests.fusefs.conftest import ROOT, stop_daemon, unmount
+
+    mp, pidfile = tmp_path / "mnt", tmp_path / "pid"
+    mp.mkdir()
+    with open(tmp_path / "log", "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "fusefs.cli", "mount", image_a[0], str(mp),
+                                 "--plain-http", "--no-prefetch", "--cache-dir", str(tmp_path / "c"),
+                                 "--pid-file", str(pidfile)], cwd=ROOT, stdout=log, stderr=log)
+    try:
+        deadline = time.monotonic() + 60
+        while not pidfile.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert pidfile.exists(), (tmp_path / "log").read_text()
+        assert int(pidfile.read_text()) == proc.pid and os.path.ismount(mp)
+        assert (mp / "etc/top").read_bytes() == b"top-a\n"
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(60) == 0
+        assert not os.path.ismount(mp)
+    finally:
+        unmount(mp)
+        if proc.poll() is None:
+            stop_daemon(proc.pid)
+            proc.wait(30)
