@@ -118,9 +118,11 @@ def main() -> int:
     from tests.support.images import debian_image, push_oci
     from tests.support.registry import start_registry
 
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)      # also when started with SIGINT ignored (`&`)
+    say("removing the state of a previous run ...")
     cleanup_previous()
     STATE.mkdir(parents=True)
-    signal.signal(signal.SIGTERM, _interrupt)
     with ExitStack() as stack:
         say("building the Debian image from Debian packages (cached after the first run) ...")
         layout = debian_image(CACHE_DIR)
