@@ -65,17 +65,19 @@ class SourceImage:
         ids = (self.config.get("rootfs") or {}).get("diff_ids") or []
         return [ids[i] if i < len(ids) else None for i in range(len(self.layers))]
 
-    def open_layer(self, index: int, cancel: threading.Event | None = None
+    def open_layer(self, index: int, cancel: threading.Event | None = None, diff_id: bool = True
                    ) -> tuple[DigestReader, DecompressReader]:
         """(compressed-digest checker, uncompressed tar reader) for layer `index`.
 
         Read the tar from the second; then `finish()` both to verify the
-        compressed digest and the size (the diff_id is checked by the caller,
-        who knows whether it matters).
+        compressed digest and the size. The diff_id (sha256 of the tar, one
+        more pass over every byte) is computed unless `diff_id=False`; the
+        caller compares it with the config when that matters.
         """
         layer = self.layers[index]
         what = f"layer {index} ({layer.digest})"
-        return open_tar_stream(self.source.open_blob(layer.digest), layer.digest, what, layer.size, cancel)
+        return open_tar_stream(self.source.open_blob(layer.digest), layer.digest, what, layer.size, cancel,
+                               diff_id)
 
     def open_blob(self, digest: str) -> BinaryIO:
         return self.source.open_blob(digest)

@@ -161,7 +161,10 @@ class ChunkReader:
             n = min(step, size - pos)
             for blob, seg, info in view.segments(ino, pos, n):
                 data = self.chunk(blob, info)
-                piece = data[seg.offset_in_chunk:seg.offset_in_chunk + seg.length]
+                if seg.offset_in_chunk == 0 and seg.length == len(data):
+                    piece = data                # a whole chunk (large files): no copy
+                else:
+                    piece = data[seg.offset_in_chunk:seg.offset_in_chunk + seg.length]
                 if len(piece) != seg.length:
                     raise BadInput(f"blob {blob}: segment outside its chunk")
                 yield piece

@@ -258,7 +258,7 @@ class DecompressReader(io.RawIOBase):
     uncompressed bytes) is available after EOF; `finish()` drains and returns it.
     """
 
-    def __init__(self, raw: BinaryIO, what: str = "layer"):
+    def __init__(self, raw: BinaryIO, what: str = "layer", diff_id: bool = True):
         self._raw = raw
         self._what = what
         self._head = _read_some(raw, 4)
@@ -273,7 +273,7 @@ class DecompressReader(io.RawIOBase):
         self._buf = b""
         self._bufpos = 0
         self._eof = False
-        self._h = hashlib.sha256()
+        self._h = hashlib.sha256() if diff_id else None
         self.size = 0
         self.diff_id: str | None = None
 
@@ -331,10 +331,11 @@ class DecompressReader(io.RawIOBase):
             raise BadInput(f"{self._what}: {e}") from None
         if piece is None:
             self._eof = True
-            self.diff_id = "sha256:" + self._h.hexdigest()
+            self.diff_id = "sha256:" + self._h.hexdigest() if self._h is not None else ""
             self._buf, self._bufpos = b"", 0
             return
-        self._h.update(piece)
+        if self._h is not None:
+            self._h.update(piece)
         self.size += len(piece)
         self._buf, self._bufpos = piece, 0
 
@@ -357,11 +358,12 @@ def _read_some(raw: BinaryIO, n: int) -> bytes:
 
 
 def open_tar_stream(raw: BinaryIO, expected_digest: str | None, what: str, size: int | None = None,
-                    cancel: threading.Event | None = None) -> tuple[DigestReader, DecompressReader]:
+                    cancel: threading.Event | None = None, diff_id: bool = True
+                    ) -> tuple[DigestReader, DecompressReader]:
     """Wrap a compressed layer stream: returns (digest checker, uncompressed reader).
 
     Read the tar from the second; call `finish()` on it, then on the first,
     to verify both the uncompressed digest and the compressed one.
     """
     checked = DigestReader(raw, expected_digest, what, size, cancel)
-    return checked, DecompressReader(io.BufferedReader(checked, READ_SIZE), what)
+    return checked, DecompressReader(io.BufferedReader(checked, READ_SIZE), what, diff_id)

@@ -38,6 +38,7 @@ class _Unpacker:
         self.rootfd = rootfd
         self.root = os.geteuid() == 0
         self.first_path: dict[int, bytes] = {}      # ino -> first path (hardlinks)
+        self._zero = b""
         self.stats = {"paths": 0, "bytes": 0, "hardlinks": 0, "skipped_devices": 0}
 
     def run(self, root_ino: int) -> None:
@@ -103,12 +104,18 @@ class _Unpacker:
 
     def _write(self, fd: int, ino: int, size: int) -> None:
         for piece in self.reader.file_pieces(self.view, ino, size):
-            if piece.count(0) != len(piece):
+            if piece != self._zeros(len(piece)):
                 _write_all(fd, piece)
             else:
                 os.lseek(fd, len(piece), os.SEEK_CUR)       # a hole
             self.stats["bytes"] += len(piece)
         os.ftruncate(fd, size)
+
+    def _zeros(self, n: int) -> bytes:
+        """n zero bytes, kept for the last n asked (pieces are mostly whole chunks): a memcmp, not a scan."""
+        if len(self._zero) != n:
+            self._zero = bytes(n)
+        return self._zero
 
     def _xattrs(self, target: Any, ino: int, follow: bool = True) -> None:
         for k, v in sorted(self.view.xattrs(ino).items()):
