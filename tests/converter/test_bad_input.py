@@ -151,3 +151,20 @@ def test_registry_failing_mid_push(tmp_path, fresh_registry):
             proc.wait()
         if restarted is not None:
             restarted.stop()
+
+
+def test_broken_docker_archives(tmp_path):
+    not_tar = tmp_path / "not.tar"
+    not_tar.write_bytes(b"this is not a tar archive" * 100)
+    proc = imgconv("convert", f"docker-archive:{not_tar}", f"oci:{tmp_path}/out1")
+    assert proc.returncode == 3 and "not a readable tar archive" in proc.stderr, proc.stderr
+    bad_manifest = tmp_path / "bad-manifest.tar"
+    with tarfile.open(bad_manifest, "w") as t:
+        ti = tarfile.TarInfo("manifest.json")
+        ti.size = len(b"[{broken")
+        t.addfile(ti, io.BytesIO(b"[{broken"))
+    proc = imgconv("convert", f"docker-archive:{bad_manifest}", f"oci:{tmp_path}/out2")
+    assert proc.returncode == 3 and "manifest.json does not parse" in proc.stderr, proc.stderr
+    proc = imgconv("convert", f"docker-archive:{tmp_path}/missing.tar", f"oci:{tmp_path}/out3")
+    assert proc.returncode == 4 and "missing.tar" in proc.stderr, proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad-manifest.tar", "not.tar"]
