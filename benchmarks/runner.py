@@ -161,6 +161,7 @@ def run_once(target: Target, mode: str, rep: int, proxy: ShapingProxy, client: R
         except subprocess.TimeoutExpired:
             pass                         # killed below; its reads after the marker may count
         records, metrics = _fusefs_observations(node) if mode in LAZY_MODES else ([], {})
+        end = proxy.statistics()         # after the daemons' counters: covers every byte they got
         if access_log_out is not None and records:
             access_log_out.parent.mkdir(parents=True, exist_ok=True)
             access_log_out.write_text("".join(json.dumps(r) + "\n" for r in records))
@@ -170,6 +171,7 @@ def run_once(target: Target, mode: str, rep: int, proxy: ShapingProxy, client: R
             "pull_s": t_pull - t0, "ready_s": t_ready - t_pull, "total_s": t_ready - t0,
             "pull_requests": pulled.requests, "pull_bytes": pulled.bytes_down,
             "requests": at_ready.requests, "bytes": at_ready.bytes_down,
+            "requests_end": end.requests, "bytes_end": end.bytes_down,
             "image_bytes": target.size(mode), "image_layers": len(target.layers[TAGS[mode]]),
             "imgfs_processes": [asdict(p) for p in procs],
             "imgfs_peak_rss_bytes": sum(p.peak_rss for p in procs) if procs else None,
