@@ -119,6 +119,9 @@ class Prefetcher:
                 self.failed += len(batch)
                 log.warning("prefetch batch of %d chunks failed (reads will fetch on demand): %s",
                             len(batch), exc)
+            except Exception:  # prefetch is optional, the mount must stay up
+                self.failed += len(batch)
+                log.exception("prefetch batch of %d chunks failed", len(batch))
 
     def statistics(self) -> PrefetchStats:
         return PrefetchStats(total=self.total, done=self.done, failed=self.failed,

@@ -19,6 +19,7 @@ on its first use after a restart) is refetched once.
 """
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +28,8 @@ import trio
 
 from fusefs.fetcher import ChunkRef, Fetcher, FetchError
 from fusefs.store import ChunkStore
+
+log = logging.getLogger(__name__)
 
 DEFAULT_SMALL_FILE = 1 << 20
 DEFAULT_READAHEAD = 8 << 20
@@ -126,6 +129,8 @@ class FileReader:
             await self.fetcher.ensure(refs)
         except FetchError:
             pass    # logged by the fetcher; a read of these chunks will retry and report
+        except Exception:  # a background task must not take the mount down
+            log.exception("background read-ahead failed")
 
     def _assemble(self, parts: list[tuple[ChunkRef, Any]], offset: int, size: int) -> bytes | None:
         """Copy each segment out of the store; None if a chunk is (no longer) there.
