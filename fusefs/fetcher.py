@@ -189,7 +189,7 @@ class Fetcher:
     """Brings chunks into the store: merged, concurrent, deduplicated, verified."""
 
     def __init__(self, source: BlobSource, store: ChunkStoreLike,
-                 decode: Callable[[bytes, Any], bytes], *,
+                 decode: Callable[[bytes | memoryview, Any], bytes], *,
                  gap_bytes: int = DEFAULT_GAP_BYTES, max_request: int = DEFAULT_MAX_REQUEST,
                  max_inflight: int = DEFAULT_MAX_INFLIGHT, prefetch_slots: int = DEFAULT_PREFETCH_SLOTS,
                  on_request: Callable[[str, int, bool], None] | None = None) -> None:
@@ -343,7 +343,7 @@ class Fetcher:
 
     def _accept(self, blob: str, ref: ChunkRef, frame_view: memoryview) -> FetchError | None:
         """Verify one fetched chunk and store it; never stores a chunk that fails."""
-        frame = bytes(frame_view[:ref.info.comp_size])
+        frame = frame_view[:ref.info.comp_size]      # no copy: zstd and hashlib take buffers
         try:
             raw = self.decode(frame, ref.info)
         except Exception as exc:  # noqa: BLE001 - ChunkError, zstd errors: never serve it
