@@ -43,9 +43,13 @@ class Registry:
                 self.proc.wait()
 
     def blob_gets(self) -> list[str]:
-        """Lines of the registry log that served a blob GET (for counting requests)."""
+        """Access-log lines of blob GETs the registry served (for counting requests).
+
+        distribution writes one combined-log-format line per request, e.g.
+        `127.0.0.1 - - [date] "GET /v2/REPO/blobs/sha256:... HTTP/1.1" 206 N "" "ua"`.
+        """
         return [ln for ln in self.log.read_text(errors="replace").splitlines()
-                if "GET /v2/" in ln and "/blobs/" in ln and "response completed" in ln]
+                if '"GET /v2/' in ln and "/blobs/" in ln]
 
 
 def start_registry(workdir: Path, port: int | None = None) -> Registry:
