@@ -40,6 +40,7 @@ class Config:
     log_level: str = "info"
     mount_timeout: float = 60.0        # seconds an `imgfs mount --daemon` may take to be ready
     supervise_interval: float = 2.0    # seconds between health checks of the fusefs daemons
+    health_timeout: float = 10.0       # a mount that does not answer a stat in this time hangs
     imgfs_bin: str = "imgfs"           # the fusefs CLI; looked up next to this Python first
     registry: RegistryConfig = field(default_factory=RegistryConfig)
     fetch: FetchConfig = field(default_factory=FetchConfig)

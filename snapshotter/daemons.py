@@ -13,8 +13,10 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -27,7 +29,9 @@ class MountError(Exception):
 
 def mounted(path: str | Path) -> bool:
     """True when `path` is a mountpoint in this mount namespace (any fs type)."""
-    target = os.path.realpath(path).encode()
+    # realpath of the parent only: resolving the mountpoint itself would ask a hung daemon.
+    p = Path(path)
+    target = os.path.join(os.path.realpath(p.parent), p.name).encode()
     with open("/proc/self/mountinfo", "rb") as f:
         for line in f:
             field = line.split(b" ")[4].replace(b"\\040", b" ")
@@ -36,17 +40,52 @@ def mounted(path: str | Path) -> bool:
     return False
 
 
-def healthy(path: str | Path) -> bool:
-    """Mounted and answering (a dead FUSE daemon leaves a mount that says ENOTCONN)."""
+def healthy(path: str | Path, timeout: float = 10.0, control: str | Path | None = None) -> bool:
+    """Mounted and answering within `timeout` (a dead FUSE daemon leaves a mount that says
+    ENOTCONN; a hung one never answers, so the stat runs in a thread we stop waiting for)."""
     if not mounted(path):
         return False
-    try:
-        os.stat(path)
+    result: list[bool] = []
+
+    def probe() -> None:
+        try:
+            os.stat(path)
+            result.append(True)
+        except OSError as e:
+            result.append(e.errno not in (errno.ENOTCONN, errno.ECONNABORTED, errno.EIO))
+
+    t = threading.Thread(target=probe, name="mount-probe", daemon=True)
+    t.start()
+    t.join(timeout)
+    if t.is_alive():
+        log.warning("mount %s did not answer a stat in %.0f s: the daemon hangs", path, timeout)
+        return False
+    if not (result and result[0]):
+        return False
+    if control is not None and not responsive(control, timeout):
+        log.warning("fusefs daemon of %s did not answer on %s in %.0f s: it hangs", path, control, timeout)
+        return False
+    return True
+
+
+def responsive(control: str | Path, timeout: float = 10.0) -> bool:
+    """The daemon answers `GET /state` on its control socket (HTTP/1.0 over a unix socket).
+
+    Why not only a stat of the mount: the kernel answers that from its attribute cache (the
+    image is read-only, so fusefs asks for long timeouts) even when the daemon is frozen.
+    A daemon started without a control socket counts as responsive.
+    """
+    if not os.path.exists(control):
         return True
-    except OSError as e:
-        if e.errno in (errno.ENOTCONN, errno.ECONNABORTED, errno.EIO):
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout)
+        try:
+            s.connect(str(control))
+            s.sendall(b"GET /state HTTP/1.0\r\nHost: imgfs\r\n\r\n")
+            head = s.recv(64)
+        except OSError:
             return False
-        raise
+    return head.startswith(b"HTTP/1.") and head.split(b" ", 2)[1:2] == [b"200"]
 
 
 def alive(pid: int) -> bool:
@@ -71,12 +110,33 @@ def cmdline_has(pid: int, needle: str) -> bool:
 
 def unmount(path: str | Path) -> None:
     """Detaches `path` if mounted: a clean unmount, else a lazy one (busy or dead daemon)."""
+    # --no-canonicalize: umount must not stat the path, which a hung FUSE daemon never answers.
     for _ in range(3):
         if not mounted(path):
             return
-        r = subprocess.run(["umount", str(path)], capture_output=True, text=True, check=False)
-        if r.returncode != 0:
-            subprocess.run(["umount", "-l", str(path)], capture_output=True, text=True, check=False)
+        try:
+            r = subprocess.run(["umount", "--no-canonicalize", str(path)], capture_output=True,
+                               text=True, check=False, timeout=30)
+            ok = r.returncode == 0
+        except subprocess.TimeoutExpired:
+            ok = False
+        if not ok:
+            subprocess.run(["umount", "--no-canonicalize", "-l", str(path)], capture_output=True,
+                           text=True, check=False, timeout=30)
+
+
+def kill(pid: int, proc: subprocess.Popen | None = None, timeout: float = 20) -> None:
+    """SIGKILL for a daemon that is dead or hung (nothing graceful is left to do); waits for it."""
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    if proc is not None:
+        proc.wait(timeout)
+        return
+    deadline = time.monotonic() + timeout
+    while alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 def imgfs_command(name: str) -> list[str]:
@@ -116,6 +176,7 @@ def stop(pid: int, mountpoint: Path, proc: subprocess.Popen | None = None, timeo
     if alive(pid):
         try:
             os.kill(pid, signal.SIGTERM)
+            os.kill(pid, signal.SIGCONT)     # a stopped (hung) daemon must run to see the TERM
         except ProcessLookupError:
             pass
     deadline = time.monotonic() + timeout

@@ -184,6 +184,9 @@ class RemoteLayers:
         i, image = found
         return plain[:i] + [str(self.ensure_mount(image))]
 
+    def _control(self, mp: str | Path) -> Path:
+        return self.daemon_dir / Path(mp).name / "control.sock"
+
     def mountpoint(self, key: str) -> Path:
         return self.mounts_dir / hashlib.sha256(key.encode()).hexdigest()[:16]
 
@@ -205,7 +208,7 @@ class RemoteLayers:
         tuning = ddir / "mount.toml"      # fusefs MountConfig keys that have no flag
         tuning.write_text(f"gap_bytes = {f.merge_gap}\nmax_request = {f.max_request}\n"
                           f"retries = {r.retries}\ntimeout = {float(r.timeout)}\n")
-        argv += ["--config", str(tuning), "--control-socket", str(ddir / "control.sock")]
+        argv += ["--config", str(tuning), "--control-socket", str(self._control(mp))]
         return argv
 
     def ensure_mount(self, image: dict) -> Path:
@@ -214,14 +217,17 @@ class RemoteLayers:
         with self._lock:
             mp = self.mountpoint(key)
             row = {r[0]: r for r in self.store.daemons()}.get(key)
-            if row is not None and daemons.alive(row[2]) and daemons.healthy(mp):
+            if row is not None and daemons.alive(row[2]) and daemons.healthy(mp, self.cfg.health_timeout, self._control(mp)):
                 return mp
             self._start(key, image, mp, row[2] if row else 0)
             return mp
 
     def _start(self, key: str, image: dict, mp: Path, old_pid: int) -> None:
+        proc = self._procs.pop(key, None)
         if old_pid and daemons.alive(old_pid) and daemons.cmdline_has(old_pid, str(mp)):
-            daemons.stop(old_pid, mp, self._procs.pop(key, None))
+            daemons.kill(old_pid, proc)   # only called for a daemon that is gone or hangs
+        elif proc is not None:
+            proc.poll()
         daemons.unmount(mp)          # a dead daemon leaves an ENOTCONN mount behind
         logfile = self.daemon_dir / mp.name / "imgfs.log"
         proc = daemons.start(self._argv(image, mp), mp, logfile, self.cfg.mount_timeout)
@@ -273,7 +279,7 @@ class RemoteLayers:
             known = set()
             for key, mp, pid, spec in self.store.daemons():
                 known.add(Path(mp).name)
-                if daemons.alive(pid) and daemons.cmdline_has(pid, mp) and daemons.healthy(mp):
+                if daemons.alive(pid) and daemons.cmdline_has(pid, mp) and daemons.healthy(mp, self.cfg.health_timeout, self._control(mp)):
                     log.info("adopted fusefs daemon %d of %s at %s", pid, key, mp)
                     continue
                 log.warning("fusefs daemon %d of %s is gone: restarting it at %s", pid, key, mp)
@@ -297,7 +303,7 @@ class RemoteLayers:
             for key, proc in list(self._procs.items()):
                 proc.poll()          # reap a dead child so that it is no zombie
             for key, mp, pid, spec in self.store.daemons():
-                if daemons.alive(pid) and daemons.healthy(mp):
+                if daemons.alive(pid) and daemons.healthy(mp, self.cfg.health_timeout, self._control(mp)):
                     continue
                 log.warning("fusefs daemon %d of %s died or hangs: restarting it at %s", pid, key, mp)
                 try:

@@ -163,7 +163,7 @@ CACHE_CAP = 8 << 20     # small enough that a Debian python start must evict
 
 @pytest.fixture(scope="module")
 def stack(registry):
-    s = make_stack(registry.host, f"cache_size = {CACHE_CAP}")
+    s = make_stack(registry.host, f"cache_size = {CACHE_CAP}\nhealth_timeout = 3")
     try:
         yield s
     finally:

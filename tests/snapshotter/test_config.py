@@ -15,7 +15,7 @@ def test_defaults_match_the_docs():
     assert cfg.registry.plain_http == [] and cfg.fetch.prefetch is True
     doc = (Path(__file__).resolve().parents[2] / "docs" / "snapshotter.md").read_text()
     for key in ("root", "socket", "cache_dir", "cache_size", "log_level", "mount_timeout",
-                "supervise_interval", "imgfs_bin", "[registry] plain_http", "[registry] insecure",
+                "supervise_interval", "health_timeout", "imgfs_bin", "[registry] plain_http", "[registry] insecure",
                 "[registry] credentials", "[registry] timeout", "[registry] retries", "[fetch] prefetch",
                 "[fetch] prefetch_all", "[fetch] merge_gap", "[fetch] max_request"):
         assert f"| `{key}` |" in doc, key

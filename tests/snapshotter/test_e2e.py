@@ -235,6 +235,27 @@ def test_kill9_fusefs_daemon_is_restarted(stack, debian_refs):
         wait_for(lambda: gone(stack, "k9-"), "k9 snapshots to go")
 
 
+def test_hung_fusefs_daemon_is_replaced(stack, debian_refs):
+    """A daemon that stops answering (SIGSTOP) is replaced like a dead one."""
+    ref = debian_refs["imgfs"]
+    stack.ctd.ctr_remote("images", "rpull", "--plain-http", "--snapshotter", "imgfs", ref)
+    stack.ctd.ctr("run", "-d", "--snapshotter", "imgfs", ref, "hung-hold", "sleep", "600")
+    try:
+        (pid,) = stack.daemon_pids()
+        os.kill(pid, signal.SIGSTOP)
+        new = wait_for(lambda: stack.fuse_mounts() and [p for p in stack.daemon_pids() if p != pid],
+                       "a new fusefs daemon and its mount", timeout=90)
+        assert len(new) == 1 and pid not in stack.daemon_pids()     # the hung one was ended
+        assert "it hangs" in stack.snap.log_text()
+        assert stack.run(ref, "hung-next", *PY).strip() == "hello from cpython"
+    finally:
+        stack.ctd.ctr("tasks", "kill", "-s", "SIGKILL", "hung-hold", check=False)
+        wait_for(lambda: "RUNNING" not in stack.ctd.ctr("tasks", "ls").stdout, "hung-hold to stop")
+        stack.ctd.ctr("tasks", "rm", "-f", "hung-hold", check=False)
+        stack.ctd.ctr("containers", "rm", "hung-hold", check=False)
+        wait_for(lambda: gone(stack, "hung-"), "hung-* snapshots to go")
+
+
 def test_kill9_snapshotter_and_restart(stack, debian_refs):
     ref = debian_refs["imgfs"]
     stack.ctd.ctr_remote("images", "rpull", "--plain-http", "--snapshotter", "imgfs", ref)
