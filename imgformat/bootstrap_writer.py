@@ -81,8 +81,9 @@ def _assign(root: Node) -> tuple[list[Node], dict[int, list[tuple[bytes, Node]]]
 
 
 def build_bootstrap(root: Node, chunks: list[ChunkInfo], prefetch: list[int], chunk_size: int,
-                    file_count: int, tar_size: int) -> bytes:
-    """The uncompressed bootstrap bytes for a layer whose chunks all live in its own blob."""
+                    file_count: int, tar_size: int, blobs: list[str] | None = None) -> bytes:
+    """The uncompressed bootstrap bytes. ``blobs``: digests of the other blobs chunks point into
+    (chunk dedup), blob indexes 1.. in this order; index 0 is always the containing blob."""
     order, dirents = _assign(root)
     strings = _Strings()
     inodes, dents, segs, xattrs = bytearray(), bytearray(), bytearray(), bytearray()
@@ -110,9 +111,12 @@ def build_bootstrap(root: Node, chunks: list[ChunkInfo], prefetch: list[int], ch
                              len(node.xattrs))
     chunk_tab = b"".join(CHUNK.pack(c.blob_index, c.uncomp_size, c.comp_offset, c.comp_size, c.digest)
                          for c in chunks)
-    blobs = BLOB.pack(strings.add(b""), 0, 0)  # index 0: the containing blob (digest not knowable)
+    blob_tab = BLOB.pack(strings.add(b""), 0, 0)  # index 0: the containing blob (digest not knowable)
+    for digest in blobs or ():
+        raw = digest.encode("ascii")
+        blob_tab += BLOB.pack(strings.add(raw), len(raw), 0)
     pref = b"".join(PREFETCH.pack(i) for i in prefetch)
-    tables = [bytes(inodes), bytes(dents), bytes(segs), chunk_tab, bytes(xattrs), blobs, pref,
+    tables = [bytes(inodes), bytes(dents), bytes(segs), chunk_tab, bytes(xattrs), blob_tab, pref,
               bytes(strings.buf)]
     body = bytearray()
     descs = bytearray()

@@ -9,14 +9,14 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import BinaryIO
 
 import zstandard
 
 from imgformat.constants import BLOCK, SMALL_FILE_DIVISOR
-from imgformat.records import ChunkInfo, Segment
+from imgformat.records import ChunkInfo, ExternalChunk, Segment
 from imgformat.tarindex import Node
 
 _ZEROS = bytes(BLOCK)
@@ -32,10 +32,21 @@ class FrameSink:
     """Writes frames to ``out`` in submission order; records the chunk table and both digests.
 
     ``diff_id`` hashes the uncompressed stream (the tar), ``blob`` hashes the bytes written.
+
+    With ``external`` (chunk dedup, docs/format.md section 5), a chunk whose sha256 is a key of it is
+    not written: its chunk table entry points into the named other blob (``blobs`` lists those blobs
+    in first-use order; blob index = position + 1). The diff_id still hashes the chunk's bytes: it is
+    the digest of the logical layer tar, whatever is stored.
     """
 
-    def __init__(self, out: BinaryIO, level: int, threads: int) -> None:
+    def __init__(self, out: BinaryIO, level: int, threads: int,
+                 external: Mapping[bytes, ExternalChunk] | None = None) -> None:
         self._out = out
+        self._external = external
+        self.blobs: list[str] = []
+        self._blob_index: dict[str, int] = {}
+        self.external_chunks = 0
+        self.external_bytes = 0
         self._level = level
         self.pos = 0
         self.uncompressed_size = 0
@@ -62,6 +73,8 @@ class FrameSink:
         if is_chunk:
             idx = len(self.chunks)
             self.chunks.append(None)
+            if self._external is not None and self._reuse(data, idx):
+                return idx
         if self._pool is None:
             assert self._inline is not None
             comp = self._inline.compress(data)
@@ -71,6 +84,23 @@ class FrameSink:
             while len(self._pending) > self._max_pending:
                 self._drain_one()
         return idx
+
+    def _reuse(self, data: bytes, idx: int) -> bool:
+        """Point chunk ``idx`` into another blob if the dictionary has its bytes (sha256, not xxhash:
+        identity across images must not be forgeable)."""
+        assert self._external is not None
+        digest = hashlib.sha256(data).digest()
+        ext = self._external.get(digest)
+        if ext is None or ext.uncomp_size != len(data):
+            return False
+        blob = self._blob_index.get(ext.blob)
+        if blob is None:
+            self.blobs.append(ext.blob)
+            blob = self._blob_index[ext.blob] = len(self.blobs)
+        self.chunks[idx] = ChunkInfo(blob, ext.comp_offset, ext.comp_size, len(data), digest)
+        self.external_chunks += 1
+        self.external_bytes += ext.comp_size
+        return True
 
     def _drain_one(self) -> None:
         fut, idx, ulen = self._pending.popleft()

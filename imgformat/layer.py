@@ -15,6 +15,7 @@ import io
 import os
 import stat
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import BinaryIO, NamedTuple
 
@@ -29,9 +30,10 @@ from imgformat.constants import (
 from imgformat.errors import FormatError
 from imgformat.footer import build_footer, skippable_frames
 from imgformat.frames import FrameSink, Packer, compressor
+from imgformat.records import ExternalChunk
 from imgformat.tarindex import Entry, LayerIndex, Node, index_tar, normalize
 
-__all__ = ["FormatError", "LayerResult", "PrefetchEntry", "convert_layer"]
+__all__ = ["ExternalChunk", "FormatError", "LayerResult", "PrefetchEntry", "convert_layer"]
 
 _SPOOL_BLOCK = 1 << 20
 
@@ -52,6 +54,9 @@ class LayerResult:
     blob_digest/blob_size: the blob as written; diff_id: sha256 of the decompressed tar stream;
     bootstrap_*: the bootstrap region (offset, size, sha256 of those bytes); files: tar records
     (whiteout markers included); chunks: chunk table entries; uncompressed_size: tar stream bytes.
+    external_blobs: other blobs the chunk table points into (chunk dedup; empty without a
+    dictionary); external_chunks / external_bytes: chunks (and their compressed bytes) not stored
+    here because the dictionary had them.
     """
 
     blob_digest: str
@@ -63,6 +68,9 @@ class LayerResult:
     files: int
     chunks: int
     uncompressed_size: int
+    external_blobs: tuple[str, ...] = ()
+    external_chunks: int = 0
+    external_bytes: int = 0
 
 
 def _is_regular_file(f: BinaryIO) -> bool:
@@ -77,7 +85,8 @@ def _is_regular_file(f: BinaryIO) -> bool:
 
 def convert_layer(tar_stream: BinaryIO, out: BinaryIO, *, chunk_size: int = DEFAULT_CHUNK_SIZE,
                   level: int = DEFAULT_LEVEL, prefetch: list[PrefetchEntry] | None = None,
-                  workdir: str | os.PathLike | None = None, threads: int | None = None) -> LayerResult:
+                  workdir: str | os.PathLike | None = None, threads: int | None = None,
+                  chunk_dict: Mapping[bytes, ExternalChunk] | None = None) -> LayerResult:
     """Convert an uncompressed tar layer into an imgfs blob written to ``out`` (from its start).
 
     Args:
@@ -85,6 +94,9 @@ def convert_layer(tar_stream: BinaryIO, out: BinaryIO, *, chunk_size: int = DEFA
         prefetch: files to lay out first, in order; their chunks form the prefetch table.
         workdir: where to spool a non-seekable input (default: the system temp dir).
         threads: compression threads (default min(4, CPUs)); the output does not depend on it.
+        chunk_dict: chunks stored elsewhere, by sha256 of their decoded bytes: such chunks are not
+            written; the bootstrap points into the other blob (docs/format.md section 5). The blob
+            is then no longer a complete tar+zstd layer (the diff_id stays the full layer's).
     Returns: LayerResult. Raises FormatError on a malformed or unsupported tar; ValueError on bad
     arguments. On error ``out`` holds garbage: the caller discards it.
     """
@@ -95,20 +107,22 @@ def convert_layer(tar_stream: BinaryIO, out: BinaryIO, *, chunk_size: int = DEFA
     if threads is None:
         threads = min(4, os.cpu_count() or 1)
     if _is_regular_file(tar_stream):
-        return _convert_seekable(tar_stream, tar_stream.tell(), out, chunk_size, level, prefetch, threads)
+        return _convert_seekable(tar_stream, tar_stream.tell(), out, chunk_size, level, prefetch, threads,
+                                 chunk_dict)
     with tempfile.TemporaryFile(dir=workdir, prefix="imgfs-spool-") as spool:
         while block := tar_stream.read(_SPOOL_BLOCK):
             spool.write(block)
         spool.flush()
-        return _convert_seekable(spool, 0, out, chunk_size, level, prefetch, threads)
+        return _convert_seekable(spool, 0, out, chunk_size, level, prefetch, threads, chunk_dict)
 
 
 def _convert_seekable(src: BinaryIO, base: int, out: BinaryIO, chunk_size: int, level: int,
-                      prefetch: list[PrefetchEntry] | None, threads: int) -> LayerResult:
+                      prefetch: list[PrefetchEntry] | None, threads: int,
+                      chunk_dict: Mapping[bytes, ExternalChunk] | None = None) -> LayerResult:
     end = src.seek(0, os.SEEK_END)
     index = index_tar(src, base, end)
     plan = _plan(index, prefetch or [])
-    sink = FrameSink(out, level, threads)
+    sink = FrameSink(out, level, threads, chunk_dict)
     try:
         packer = Packer(sink, chunk_size)
         if index.prefix is not None:
@@ -121,7 +135,8 @@ def _convert_seekable(src: BinaryIO, base: int, out: BinaryIO, chunk_size: int, 
     finally:
         sink.close()
     pref = _prefetch_chunks(index, prefetch or [])
-    raw = build_bootstrap(index.root, chunks, pref, chunk_size, len(index.entries), sink.uncompressed_size)
+    raw = build_bootstrap(index.root, chunks, pref, chunk_size, len(index.entries), sink.uncompressed_size,
+                          sink.blobs)
     payload = skippable_frames(compressor(level).compress(raw))
     boot_digest = hashlib.sha256(payload).digest()
     boot_offset = sink.pos
@@ -131,7 +146,8 @@ def _convert_seekable(src: BinaryIO, base: int, out: BinaryIO, chunk_size: int, 
         blob_digest="sha256:" + sink.blob_hash.hexdigest(), blob_size=sink.pos,
         diff_id="sha256:" + sink.diff_hash.hexdigest(), bootstrap_digest="sha256:" + boot_digest.hex(),
         bootstrap_offset=boot_offset, bootstrap_size=len(payload), files=len(index.entries),
-        chunks=len(chunks), uncompressed_size=sink.uncompressed_size)
+        chunks=len(chunks), uncompressed_size=sink.uncompressed_size, external_blobs=tuple(sink.blobs),
+        external_chunks=sink.external_chunks, external_bytes=sink.external_bytes)
 
 
 def _read_exact(src: BinaryIO, offset: int, length: int) -> bytes:

@@ -72,3 +72,13 @@ class ChunkInfo(NamedTuple):
     comp_size: int
     uncomp_size: int
     digest: bytes
+
+
+class ExternalChunk(NamedTuple):
+    """A chunk already stored in another blob (chunk dedup): blob digest "sha256:...", where its frame
+    is in that blob, and its decoded size. Keyed by the sha256 of the decoded bytes."""
+
+    blob: str
+    comp_offset: int
+    comp_size: int
+    uncomp_size: int
