@@ -65,7 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
     plat = p.add_mutually_exclusive_group()
     plat.add_argument("--platform", help="OS/ARCH[/VARIANT] to pick from an index (default linux/amd64)")
     plat.add_argument("--all-platforms", action="store_true", help="convert every platform of an index")
-    p.add_argument("--prefetch-list", type=Path, help="file listing paths to place first, in access order")
+    pf = p.add_mutually_exclusive_group()
+    pf.add_argument("--prefetch-list", type=Path, help="file listing paths to place first, in access order")
+    pf.add_argument("--prefetch-from-trace", type=Path, nargs="+", metavar="TRACE",
+                    help="traces of `imgconv record`: plan the prefetch list from them")
     p.add_argument("--json", action="store_true", help="print a machine-readable summary")
     p.add_argument("--workdir", type=Path, help="where converted blobs are spooled (default: $TMPDIR)")
     p.add_argument("--jobs", type=int, default=0, help="layers converted at once (default: cores)")
@@ -94,6 +97,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--platform")
     p.add_argument("--workdir", type=Path)
     p.set_defaults(func=_cmd_unpack)
+
+    from converter.record import add_commands  # record, optimize (issue 6)
+
+    add_commands(sub, _registry_flags)
     return parser
 
 
@@ -112,8 +119,12 @@ def _cmd_convert(args: argparse.Namespace) -> int:
         raise UsageError(f"--chunk-size {args.chunk_size} outside 64K..16M")
     if args.jobs < 0:
         raise UsageError("--jobs must be >= 0")
-    opts = ConvertOptions(chunk_size=args.chunk_size, level=args.compression,
-                          prefetch=load_prefetch_list(args.prefetch_list) if args.prefetch_list else None,
+    prefetch = load_prefetch_list(args.prefetch_list) if args.prefetch_list else None
+    if args.prefetch_from_trace:
+        from converter.record import prefetch_from_traces
+
+        prefetch = prefetch_from_traces(args.prefetch_from_trace, args.chunk_size)
+    opts = ConvertOptions(chunk_size=args.chunk_size, level=args.compression, prefetch=prefetch,
                           workdir=args.workdir, jobs=args.jobs, platform=args.platform,
                           all_platforms=args.all_platforms)
     summary = convert(src, dst, opts, _registry_opts(args), show_progress=sys.stderr.isatty())
