@@ -41,6 +41,8 @@ class ConvertOptions:
     jobs: int = 0                         # 0: one per core
     platform: str | None = None
     all_platforms: bool = False
+    dedup: bool = False                   # chunks of lower layers not stored again (converter/dedupconv.py)
+    chunk_dict: Any = None                # dedup.chunkdict.ChunkDict: chunks stored in other images
 
 
 @dataclass
@@ -60,6 +62,9 @@ class LayerSummary:
     chunks: int
     uncompressed_size: int
     seconds: float
+    external_blobs: tuple[str, ...] = ()  # blobs this layer's chunks point into (dedup)
+    external_chunks: int = 0
+    external_bytes: int = 0
 
 
 @dataclass
@@ -78,7 +83,7 @@ class _Done:
 
 
 def _convert_one(img: SourceImage, index: int, opts: ConvertOptions, work: Path,
-                 cancel: threading.Event, progress: Progress) -> _Done:
+                 cancel: threading.Event, progress: Progress, chunk_dict: Any = None) -> _Done:
     """Convert layer `index` of `img` into a blob file in `work`; verify both source digests."""
     from imgformat import constants as C
     from imgformat.layer import FormatError, convert_layer
@@ -92,7 +97,8 @@ def _convert_one(img: SourceImage, index: int, opts: ConvertOptions, work: Path,
         with checker, open(tmp, "wb") as out:
             try:
                 res = convert_layer(tar, out, chunk_size=opts.chunk_size,
-                                    level=opts.level, prefetch=opts.prefetch, workdir=work)
+                                    level=opts.level, prefetch=opts.prefetch, workdir=work,
+                                    chunk_dict=chunk_dict)
             except FormatError as e:
                 raise BadInput(f"layer {index} ({layer.digest}): {e}") from None
             source_diff_id = tar.finish()      # drain past the tar's end: verifies the stream
@@ -114,7 +120,8 @@ def _convert_one(img: SourceImage, index: int, opts: ConvertOptions, work: Path,
         diff_id=res.diff_id, source_diff_id=source_diff_id, bootstrap_digest=res.bootstrap_digest,
         bootstrap_offset=res.bootstrap_offset, bootstrap_size=res.bootstrap_size, files=res.files,
         chunks=res.chunks, uncompressed_size=res.uncompressed_size,
-        seconds=round(time.monotonic() - t0, 3))
+        seconds=round(time.monotonic() - t0, 3), external_blobs=res.external_blobs,
+        external_chunks=res.external_chunks, external_bytes=res.external_bytes)
     descriptor = {
         "mediaType": C.LAYER_MEDIA_TYPE, "digest": res.blob_digest, "size": res.blob_size,
         "annotations": {
@@ -123,6 +130,7 @@ def _convert_one(img: SourceImage, index: int, opts: ConvertOptions, work: Path,
             C.ANNOTATION_BOOTSTRAP_SIZE: str(res.bootstrap_size),
             C.ANNOTATION_UNCOMPRESSED: res.diff_id,
             C.ANNOTATION_VERSION: str(C.FORMAT_VERSION),
+            **({C.ANNOTATION_EXTERNAL_BLOBS: ",".join(res.external_blobs)} if res.external_blobs else {}),
         },
     }
     return _Done(summary, final, descriptor)
@@ -132,6 +140,10 @@ def _convert_layers(images: list[SourceImage], opts: ConvertOptions, work: Path,
                     progress: Progress) -> dict[str, _Done]:
     """Convert every distinct layer (by source digest) in parallel; first error wins, by layer order."""
     cancel = threading.Event()
+    if opts.dedup or opts.chunk_dict is not None:   # bottom-up, one layer at a time
+        from converter.dedupconv import convert_layers_dedup
+        return convert_layers_dedup(images, opts.chunk_dict, opts.dedup, lambda img, i, cd: _convert_one(
+            img, i, opts, work, cancel, progress, cd))
     jobs = opts.jobs or os.cpu_count() or 2
     futures: dict[str, Future] = {}
     with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="imgconv-layer") as pool:
@@ -200,6 +212,11 @@ def convert(src: Location, dst: Location, opts: ConvertOptions, registry_opts: d
             root, subs = ManifestDoc(sha256_digest(data), data, OCI_INDEX), docs
         else:
             root, subs = docs[0], []
+        if opts.chunk_dict is not None:   # blobs the chunks point into: reachable and GC-safe first
+            from converter.dedupconv import foreign_blobs, prepare_publish
+            extra = prepare_publish(dst, foreign_blobs(list(done.values()), opts.chunk_dict),
+                                    docs[0].data if len(docs) == 1 else None, work, registry_opts)
+            blobs.update({b.digest: b for b in extra})
         sink = open_sink(dst, **registry_opts)
         try:
             sink.publish(list(blobs.values()), subs, root)

@@ -12,6 +12,9 @@ ANNOTATION_BOOTSTRAP_OFFSET = "containerd.io/snapshot/imgfs.bootstrap.offset"
 ANNOTATION_BOOTSTRAP_SIZE = "containerd.io/snapshot/imgfs.bootstrap.size"
 ANNOTATION_VERSION = "containerd.io/snapshot/imgfs.version"
 ANNOTATION_UNCOMPRESSED = "containerd.io/snapshot/imgfs.uncompressed-digest"
+# Chunk dedup: comma-separated digests of other blobs this layer's chunks point into. Its presence
+# also says: this blob alone is not a complete tar+zstd layer (docs/format.md section 5).
+ANNOTATION_EXTERNAL_BLOBS = "containerd.io/snapshot/imgfs.external-blobs"
 
 LAYER_MEDIA_TYPE = "application/vnd.oci.image.layer.v1.tar+zstd"
 FORMAT_VERSION = "1"
