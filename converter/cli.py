@@ -72,10 +72,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print a machine-readable summary")
     p.add_argument("--workdir", type=Path, help="where converted blobs are spooled (default: $TMPDIR)")
     p.add_argument("--jobs", type=int, default=0, help="layers converted at once (default: cores)")
+    p.add_argument("--dedup", action="store_true",
+                   help="do not store chunks a lower layer already has (upper blobs are then no longer "
+                        "complete tar+zstd layers; docs/dedup.md)")
+    p.add_argument("--chunk-dict", action="append", metavar="REF|FILE",
+                   help="reuse chunks stored in these images or `chunkdict build` files (repeatable)")
     p.set_defaults(func=_cmd_convert)
 
     p = sub.add_parser("inspect", help="show layers, files, chunks, sizes and the prefetch table")
-    p.add_argument("image")
+    p.add_argument("image", nargs="+", help="one image (several with --dedup-report)")
+    p.add_argument("--dedup-report", action="store_true",
+                   help="how much the images share, at file and chunk level")
     _registry_flags(p)
     p.add_argument("--platform")
     p.add_argument("--json", action="store_true")
@@ -101,6 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     from converter.record import add_commands  # record, optimize (issue 6)
 
     add_commands(sub, _registry_flags)
+    from converter.dedupcli import add_commands as add_dedup_commands  # chunkdict (issue 7)
+
+    add_dedup_commands(sub, _registry_flags)
     return parser
 
 
@@ -127,6 +137,10 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     opts = ConvertOptions(chunk_size=args.chunk_size, level=args.compression, prefetch=prefetch,
                           workdir=args.workdir, jobs=args.jobs, platform=args.platform,
                           all_platforms=args.all_platforms)
+    if args.dedup or args.chunk_dict:
+        from converter.dedupcli import dedup_options
+
+        dedup_options(args, opts, _registry_opts(args))
     summary = convert(src, dst, opts, _registry_opts(args), show_progress=sys.stderr.isatty())
     if args.json:
         print(json.dumps(summary, indent=2))
@@ -139,7 +153,13 @@ def _cmd_convert(args: argparse.Namespace) -> int:
 def _cmd_inspect(args: argparse.Namespace) -> int:
     from converter.inspect import inspect_image, render
 
-    report = inspect_image(parse_location(args.image), args.platform, _registry_opts(args))
+    if args.dedup_report:
+        from converter.dedupcli import cmd_dedup_report
+
+        return cmd_dedup_report(args, _registry_opts(args))
+    if len(args.image) != 1:
+        raise UsageError("inspect takes one image (several only with --dedup-report)")
+    report = inspect_image(parse_location(args.image[0]), args.platform, _registry_opts(args))
     print(json.dumps(report, indent=2) if args.json else render(report))
     return 0
 
