@@ -71,12 +71,21 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--config", default=None, help="TOML file with MountConfig keys (flags win)")
     m.add_argument("--log-file", default=None, help="daemon log (default: stderr; /dev/null with --daemon)")
     m.add_argument("--pid-file", default=None)
+    m.add_argument("--fd-store", default=None,
+                   help="fd store socket (imgfs fd-store): a restarted daemon takes over the mount")
+
+    fs = sub.add_parser("fd-store", help="hold mounts' /dev/fuse fds across daemon restarts")
+    fs.add_argument("socket")
 
     u = sub.add_parser("umount", help="unmount MOUNTPOINT (fusermount3 -u, lazy umount as fallback)")
     u.add_argument("mountpoint")
 
     c = sub.add_parser("cache", help="inspect the node's chunk cache")
     c.add_argument("action", choices=["stats", "verify"])
+    c.add_argument("--image", action="append", default=[], metavar="IMAGE",
+                   help="stats: also logical vs stored bytes of these images' chunks (repeatable)")
+    c.add_argument("--plain-http", action="store_true")
+    c.add_argument("--insecure", action="store_true")
     c.add_argument("--cache-dir", default=DEFAULT_CACHE_DIR)
     return p
 
@@ -95,7 +104,7 @@ def _mount_config(args: argparse.Namespace) -> MountConfig:
         if unknown:
             raise QuietError(f"--config {args.config}: unknown keys {sorted(unknown)}", EXIT_USAGE)
     for key in ("cache_dir", "cache_size", "plain_http", "insecure", "control_socket", "prefetch",
-                "access_log", "layer"):
+                "access_log", "layer", "fd_store"):
         v = getattr(args, key)
         if v is not None:
             values[key] = v
@@ -220,11 +229,37 @@ def cmd_cache(args: argparse.Namespace) -> int:
         raise QuietError(f"no cache at {args.cache_dir}", EXIT_USAGE)
     store = ChunkStore(args.cache_dir)
     if args.action == "stats":
-        print(json.dumps(store.statistics().__dict__, indent=1))
+        out = {**store.statistics().__dict__, "stored_bytes": store.statistics().bytes}
+        if args.image:
+            out["usage"] = store.usage({i: _image_chunks(i, args) for i in args.image})
+        print(json.dumps(out, indent=1))
         return EXIT_OK
     total, bad = store.verify_all()
     print(json.dumps({"checked": total, "corrupted_removed": bad}, indent=1))
     return EXIT_FAIL if bad else EXIT_OK
+
+
+def _image_chunks(image: str, args: argparse.Namespace) -> dict[bytes, int]:
+    """chunk digest -> decoded size for every chunk of IMAGE (its bootstraps only)."""
+    from fusefs.mount import _fetch_bootstrap
+    from fusefs.source import ImageError, SourceError, open_image
+
+    try:
+        layers, source, _digest = open_image(image, plain_http=args.plain_http, insecure=args.insecure)
+    except (ImageError, SourceError) as exc:
+        raise QuietError(f"{image}: {exc}", EXIT_IMAGE if isinstance(exc, ImageError) else EXIT_IO) from None
+    out: dict[bytes, int] = {}
+    try:
+        for layer in layers:
+            bs = _fetch_bootstrap(source, layer)
+            for i in range(bs.chunk_count):
+                info = bs.chunk(i)
+                out[info.digest] = info.uncomp_size
+    finally:
+        close = getattr(source, "close", None)
+        if close is not None:
+            close()
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -234,6 +269,12 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_mount(args)
         if args.cmd == "umount":
             return cmd_umount(args)
+        if args.cmd == "fd-store":
+            from fusefs.fdstore import serve
+
+            _setup_logging(args.verbose, None)
+            serve(args.socket, lambda: print("ready", flush=True))
+            return EXIT_OK
         return cmd_cache(args)
     except QuietError as exc:
         print(f"imgfs: {exc}", file=sys.stderr)

@@ -311,6 +311,27 @@ class ChunkStore:
                     self._verified.add(h)
         return len(names), bad
 
+    def usage(self, images: dict[str, dict[bytes, int]]) -> dict:
+        """Logical vs stored bytes of the chunks ``images`` (name -> chunk digest -> decoded size)
+        have in this store: *logical* counts a chunk once per image holding it (what per-image
+        caches would keep), *stored* counts each cached file once (what this content-addressed
+        store keeps). Both in decoded chunk bytes (the 16-byte trailers not counted). Their
+        difference is what sharing saved on this node."""
+        per_image = {}
+        union: dict[str, int] = {}
+        with self._lock:
+            index = dict(self._index)
+        for name, chunks in images.items():
+            present = [(d.hex(), size) for d, size in chunks.items() if d.hex() in index]
+            per_image[name] = {"chunks": len(chunks), "cached_chunks": len(present),
+                               "cached_bytes": sum(size for _, size in present)}
+            for h, _ in present:
+                union[h] = index[h] - TRAILER
+        logical = sum(x["cached_bytes"] for x in per_image.values())
+        stored = sum(union.values())
+        return {"images": per_image, "logical_bytes": logical, "stored_bytes": stored,
+                "stored_chunks": len(union), "saved_bytes": logical - stored}
+
     def statistics(self) -> StoreStats:
         with self._lock:
             return StoreStats(entries=len(self._index), bytes=self._bytes, capacity=self.capacity,
