@@ -2,9 +2,15 @@
 
 One JSON object per line and per path::
 
-    {"path": "usr/bin/python3.11", "first_access": 0.123, "ranges": [[0, 131072]], "stat_only": false}
+    {"path": "usr/bin/python3.11", "first_access": 0.123, "first_read": 0.125,
+     "ranges": [[0, 131072]], "stat_only": false}
 
-``first_access`` is seconds since the mount (monotonic); ``ranges`` are merged half-open
+``first_access`` is seconds since the mount (monotonic) of the first lookup or read the
+daemon saw; ``first_read`` that of the first read (null if none). The two differ because
+the kernel caches dentries, also those readdir returned: a file listed before it was
+opened is never looked up, so its first access is its first read, while another file
+stat'ed long before it is opened shows the stat. The order in which data is needed is
+``first_read``'s (what the prefetch planner uses); ``ranges`` are merged half-open
 byte ranges of the file; a path only looked up or stat'ed has ``stat_only: true``. The
 prefetch planner (issue 6) turns these logs into a prefetch list. Records are kept in
 memory (bounded by the files touched, not the bytes read) and written on unmount or on
@@ -19,10 +25,11 @@ from pathlib import Path
 
 
 class _Record:
-    __slots__ = ("first", "ranges")
+    __slots__ = ("first", "first_read", "ranges")
 
     def __init__(self, first: float) -> None:
         self.first = first
+        self.first_read: float | None = None
         self.ranges: list[list[int]] = []
 
 
@@ -60,6 +67,8 @@ class AccessLog:
             self._get(path)
             return
         rec = self._get(path)
+        if rec.first_read is None:
+            rec.first_read = round(time.monotonic() - self._t0, 6)
         if rec.ranges and rec.ranges[-1][1] == offset:
             rec.ranges[-1][1] = offset + length   # sequential reads: O(1), no growth
         else:
@@ -71,7 +80,7 @@ class AccessLog:
         out = []
         for path, rec in sorted(self._records.items(), key=lambda kv: kv[1].first):  # stable: ties keep order
             ranges = merge_ranges(rec.ranges)
-            out.append({"path": path, "first_access": rec.first, "ranges": ranges,
+            out.append({"path": path, "first_access": rec.first, "first_read": rec.first_read, "ranges": ranges,
                         "stat_only": not ranges})
         return out
 

@@ -183,6 +183,14 @@ class FetcherStats:
     errors: int
     corrupt: int
     inflight: int
+    prefetch_chunks: int = 0       # chunks stored by prefetch requests
+    prefetch_hits: int = 0         # ... of which a read asked for later
+    prefetch_hit_bytes: int = 0    # compressed bytes of those hits
+
+    @property
+    def prefetch_wasted_bytes(self) -> int:
+        """Prefetched bytes no read has needed (yet): gaps bridged included."""
+        return self.prefetch_bytes - self.prefetch_hit_bytes
 
 
 class Fetcher:
@@ -208,6 +216,8 @@ class Fetcher:
         self._idle.set()
         self._requests = self._bytes = self._chunks = 0
         self._pf_requests = self._pf_bytes = 0
+        self._pf_chunks = self._pf_hits = self._pf_hit_bytes = 0
+        self._pf_unread: dict[bytes, int] = {}     # prefetched, not read yet: digest -> compressed size
         self._errors = self._corrupt = 0
 
     async def ensure(self, refs: Iterable[ChunkRef], *, prefetch: bool = False) -> None:
@@ -338,8 +348,22 @@ class Fetcher:
         for plan, data in zip(batch, datas):
             view = memoryview(data)
             for ref in plan.chunks:
-                out[ref.digest] = self._accept(blob, ref, view[ref.info.comp_offset - plan.start:])
+                out[ref.digest] = err = self._accept(blob, ref, view[ref.info.comp_offset - plan.start:])
+                if prefetch and err is None:
+                    self._pf_unread[ref.digest] = ref.info.comp_size
+                    self._pf_chunks += 1
         return out
+
+    def note_read(self, digests: Iterable[bytes]) -> None:
+        """A read used these chunks: prefetched ones count as hits (once). Cheap when
+        nothing prefetched is waiting to be read."""
+        if not self._pf_unread:
+            return
+        for digest in digests:
+            size = self._pf_unread.pop(digest, None)
+            if size is not None:
+                self._pf_hits += 1
+                self._pf_hit_bytes += size
 
     def _accept(self, blob: str, ref: ChunkRef, frame_view: memoryview) -> FetchError | None:
         """Verify one fetched chunk and store it; never stores a chunk that fails."""
@@ -359,5 +383,7 @@ class Fetcher:
     def statistics(self) -> FetcherStats:
         return FetcherStats(requests=self._requests, bytes=self._bytes, chunks=self._chunks,
                             prefetch_requests=self._pf_requests, prefetch_bytes=self._pf_bytes,
-                            errors=self._errors, corrupt=self._corrupt, inflight=len(self._inflight))
+                            errors=self._errors, corrupt=self._corrupt, inflight=len(self._inflight),
+                            prefetch_chunks=self._pf_chunks, prefetch_hits=self._pf_hits,
+                            prefetch_hit_bytes=self._pf_hit_bytes)
 

@@ -42,6 +42,14 @@ class _StatsCollector:
             c.add_metric(["verify"], ft.corrupt)
             yield c
             yield GaugeMetricFamily("imgfs_fetch_inflight", "Chunks being fetched now", value=ft.inflight)
+            yield CounterMetricFamily("imgfs_prefetch_fetched_chunks", "Chunks stored by prefetch requests",
+                                      value=ft.prefetch_chunks)
+            yield CounterMetricFamily("imgfs_prefetch_hit_chunks", "Prefetched chunks a read used later",
+                                      value=ft.prefetch_hits)
+            yield GaugeMetricFamily("imgfs_prefetch_hit_ratio", "Prefetched chunks read / fetched",
+                                    value=ft.prefetch_hits / ft.prefetch_chunks if ft.prefetch_chunks else 0.0)
+            yield GaugeMetricFamily("imgfs_prefetch_wasted_bytes", "Prefetched bytes no read used (yet)",
+                                    value=ft.prefetch_wasted_bytes)
         if st is not None:
             yield CounterMetricFamily("imgfs_cache_hits", "Chunk reads served by the cache", value=st.hits)
             yield CounterMetricFamily("imgfs_cache_misses", "Chunk reads not in the cache", value=st.misses)

@@ -74,6 +74,7 @@ class FileReader:
             return b""
         size = min(size, file_size - offset)
         parts = self._refs(ino, offset, size)
+        self.fetcher.note_read(ref.digest for ref, _ in parts)      # prefetch hit accounting
         # pinned before fetching: a chunk a read waits for is never evicted under it
         with self.store.pinned({ref.digest for ref, _ in parts}):
             missing = [ref for ref, _ in parts if not self.store.contains(ref.digest)]

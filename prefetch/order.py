@@ -4,7 +4,8 @@ Algorithm (the reasons are in docs/prefetch.md):
 
 1. Per path, over the runs (traces) that *read* it (stat-only accesses never count: a
    lookup costs no data): ``runs`` = how many runs read it, ``first`` = the median of its
-   first-access times, ``ranges`` = the union of the byte ranges read.
+   first-read times (when its data was first needed; a stat long before does not count),
+   ``ranges`` = the union of the byte ranges read.
 2. Ranges are widened to ``chunk_size`` boundaries and merged: the format fetches whole
    chunks anyway, and aligned ranges from different runs merge instead of fragmenting.
    A file is kept *whole* when it is at most one chunk, or when the aligned ranges cover
@@ -95,7 +96,7 @@ def plan(traces: Sequence[Trace], *, chunk_size: int = DEFAULT_CHUNK_SIZE, commo
             if f.path not in seen:           # a path listed twice in one run counts once
                 seen.add(f.path)
                 runs[f.path] = runs.get(f.path, 0) + 1
-                times.setdefault(f.path, []).append(f.first_access)
+                times.setdefault(f.path, []).append(f.needed_at)
     need = max(1, math.ceil(common * len(traces) - 1e-9))
     whole, partial = [], []
     for path, n in runs.items():

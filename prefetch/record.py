@@ -169,7 +169,8 @@ def _with_sizes(files: list[FileAccess], mnt: Path) -> list[FileAccess]:
             size = os.lstat(mnt / f.path).st_size
         except OSError:
             size = None
-        out.append(FileAccess(f.path, round(f.first_access - base, 6), f.ranges, f.stat_only, size))
+        read = None if f.first_read is None else round(f.first_read - base, 6)
+        out.append(FileAccess(f.path, round(f.first_access - base, 6), f.ranges, f.stat_only, size, read))
     return out
 
 

@@ -4,12 +4,12 @@ A trace is one JSON document per run (written by ``imgconv record``)::
 
     {"version": 1, "image": "...", "command": ["python3", "-c", "..."],
      "ready": {"reason": "exit" | "line" | "port" | "timeout", "seconds": 1.23},
-     "files": [{"path": "usr/bin/python3.11", "first_access": 0.012,
+     "files": [{"path": "usr/bin/python3.11", "first_access": 0.012, "first_read": 0.013,
                 "ranges": [[0, 131072]], "stat_only": false, "size": 6831736}, ...]}
 
 ``files`` are fusefs access-log records (docs/fusefs.md, "Access log") plus the file's
 size (so the planner can tell a partly read big file from a small one), in first-access
-order; ``first_access`` is seconds since the workload started. A bare fusefs access log
+order; ``first_access``/``first_read`` are seconds since the recording started. A bare fusefs access log
 (JSON lines, no size) is accepted too: the planner then treats every read file as read
 whole-or-ranges as logged.
 """
@@ -35,6 +35,12 @@ class FileAccess:
     ranges: tuple[tuple[int, int], ...] = ()
     stat_only: bool = False
     size: int | None = None
+    first_read: float | None = None
+
+    @property
+    def needed_at(self) -> float:
+        """When the data was first needed: the first read (older logs: the first access)."""
+        return self.first_read if self.first_read is not None else self.first_access
 
 
 @dataclass
@@ -47,8 +53,8 @@ class Trace:
     def to_json(self) -> dict:
         return {"version": TRACE_VERSION, "image": self.image, "command": self.command, "ready": self.ready,
                 "files": [{"path": f.path, "first_access": f.first_access,
-                           "ranges": [list(r) for r in f.ranges], "stat_only": f.stat_only,
-                           "size": f.size} for f in self.files]}
+                                      "first_read": f.first_read, "ranges": [list(r) for r in f.ranges],
+                           "stat_only": f.stat_only, "size": f.size} for f in self.files]}
 
     def save(self, path: Path) -> None:
         tmp = path.with_name(path.name + ".tmp")
@@ -63,11 +69,13 @@ def _file(obj: object, where: str) -> FileAccess:
         ranges = tuple((int(s), int(e)) for s, e in obj.get("ranges") or ())
         first = float(obj.get("first_access", 0.0))
         size = None if obj.get("size") is None else int(obj["size"])
+        first_read = None if obj.get("first_read") is None else float(obj["first_read"])
     except (TypeError, ValueError):
         raise TraceError(f"{where}: bad ranges, time or size in {obj!r}") from None
     if any(s < 0 or e < s for s, e in ranges):
         raise TraceError(f"{where}: bad range in {obj!r}")
-    return FileAccess(obj["path"].lstrip("/"), first, ranges, bool(obj.get("stat_only", not ranges)), size)
+    return FileAccess(obj["path"].lstrip("/"), first, ranges, bool(obj.get("stat_only", not ranges)), size,
+                      first_read)
 
 
 def load_trace(path: Path) -> Trace:
