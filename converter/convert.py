@@ -65,6 +65,7 @@ class LayerSummary:
     external_blobs: tuple[str, ...] = ()  # blobs this layer's chunks point into (dedup)
     external_chunks: int = 0
     external_bytes: int = 0
+    reused_from: str | None = None        # --chunk-dict: converted blob of this diff_id reused whole
 
 
 @dataclass
