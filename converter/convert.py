@@ -144,7 +144,7 @@ def _convert_layers(images: list[SourceImage], opts: ConvertOptions, work: Path,
     if opts.dedup or opts.chunk_dict is not None:   # bottom-up, one layer at a time
         from converter.dedupconv import convert_layers_dedup
         return convert_layers_dedup(images, opts.chunk_dict, opts.dedup, lambda img, i, cd: _convert_one(
-            img, i, opts, work, cancel, progress, cd))
+            img, i, opts, work, cancel, progress, cd), work)
     jobs = opts.jobs or os.cpu_count() or 2
     futures: dict[str, Future] = {}
     with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="imgconv-layer") as pool:
