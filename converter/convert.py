@@ -132,6 +132,7 @@ def _convert_one(img: SourceImage, index: int, opts: ConvertOptions, work: Path,
             C.ANNOTATION_UNCOMPRESSED: res.diff_id,
             C.ANNOTATION_VERSION: str(C.FORMAT_VERSION),
             **({C.ANNOTATION_EXTERNAL_BLOBS: ",".join(res.external_blobs)} if res.external_blobs else {}),
+            C.ANNOTATION_SOURCE_DIFF_ID: source_diff_id,
         },
     }
     return _Done(summary, final, descriptor)
@@ -144,7 +145,7 @@ def _convert_layers(images: list[SourceImage], opts: ConvertOptions, work: Path,
     if opts.dedup or opts.chunk_dict is not None:   # bottom-up, one layer at a time
         from converter.dedupconv import convert_layers_dedup
         return convert_layers_dedup(images, opts.chunk_dict, opts.dedup, lambda img, i, cd: _convert_one(
-            img, i, opts, work, cancel, progress, cd), work)
+            img, i, opts, work, cancel, progress, cd), work, reuse=opts.prefetch is None)
     jobs = opts.jobs or os.cpu_count() or 2
     futures: dict[str, Future] = {}
     with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="imgconv-layer") as pool:

@@ -15,6 +15,9 @@ ANNOTATION_UNCOMPRESSED = "containerd.io/snapshot/imgfs.uncompressed-digest"
 # Chunk dedup: comma-separated digests of other blobs this layer's chunks point into. Its presence
 # also says: this blob alone is not a complete tar+zstd layer (docs/format.md section 5).
 ANNOTATION_EXTERNAL_BLOBS = "containerd.io/snapshot/imgfs.external-blobs"
+# The diff_id of the source layer this blob was converted from (provenance; lets a chunk dictionary
+# reuse a whole converted layer when a later image has the same source layer).
+ANNOTATION_SOURCE_DIFF_ID = "containerd.io/snapshot/imgfs.source-diff-id"
 
 LAYER_MEDIA_TYPE = "application/vnd.oci.image.layer.v1.tar+zstd"
 FORMAT_VERSION = "1"
