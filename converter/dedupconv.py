@@ -103,11 +103,47 @@ class _Lower:
     bootstrap: Any
 
 
+def _reuse_layer(img: SourceImage, index: int, base: ChunkDict, work: Path) -> Any:
+    """A _Done for a source layer whose diff_id the dictionary has converted already, or None.
+
+    The blob is not fetched: its file here is a sparse placeholder of the right size, which the
+    registry sink never reads because prepare_publish mounts the blob into the repository first
+    (an OCI layout destination gets the real bytes from prepare_publish instead)."""
+    from converter.convert import LayerSummary, _Done
+    from imgformat import constants as C
+
+    diff_id = img.diff_ids[index]
+    desc = base.layers.get(diff_id) if diff_id else None
+    if desc is None:
+        return None
+    ann = desc.get("annotations") or {}
+    layer = img.layers[index]
+    placeholder = work / ("reused-" + desc["digest"].split(":", 1)[1])
+    with open(placeholder, "wb") as f:
+        f.truncate(int(desc["size"]))
+    summary = LayerSummary(
+        source_digest=layer.digest, source_size=layer.size, source_media_type=layer.media_type,
+        compression="reused", target_digest=desc["digest"], target_size=int(desc["size"]),
+        diff_id=ann.get(C.ANNOTATION_UNCOMPRESSED, diff_id), source_diff_id=diff_id,
+        bootstrap_digest=ann.get(C.ANNOTATION_BOOTSTRAP_DIGEST, ""),
+        bootstrap_offset=int(ann.get(C.ANNOTATION_BOOTSTRAP_OFFSET, 0)),
+        bootstrap_size=int(ann.get(C.ANNOTATION_BOOTSTRAP_SIZE, 0)), files=0, chunks=0,
+        uncompressed_size=0, seconds=0.0, reused_from=base.blobs[desc["digest"]].image)
+    log.info("layer %d (%s): reusing %s from %s", index, layer.digest, desc["digest"], summary.reused_from)
+    return _Done(summary, placeholder, dict(desc))
+
+
 def convert_layers_dedup(images: list[SourceImage], base: ChunkDict | None, within: bool,
-                         convert_one: Callable[..., Any]) -> dict[str, Any]:
+                         convert_one: Callable[..., Any], work: Path, reuse: bool = True) -> dict[str, Any]:
     """Convert each image's layers bottom-up, one at a time; layer i's dictionary is ``base`` plus
     (with ``within``) the chunks of the converted layers below it. ``convert_one(img, i, chunk_dict)``
-    converts one layer and returns converter.convert._Done. Returns source digest -> _Done."""
+    converts one layer and returns converter.convert._Done. A layer whose diff_id ``base`` knows
+    (converted before: same content) is reused whole, unless ``reuse`` is off (a prefetch list
+    asks for a new layout). Returns source digest -> _Done.
+
+    The source layer is not read at all when reused: its diff_id comes from the config, which
+    the blob's own pinned annotations in the dictionary image were made for; `imgconv check`
+    compares the rootfs end to end."""
     done: dict[str, Any] = {}
     for img in images:
         current = ChunkDict()
@@ -115,9 +151,12 @@ def convert_layers_dedup(images: list[SourceImage], base: ChunkDict | None, with
             current.merge(base)
         for i, layer in enumerate(img.layers):
             d = done.get(layer.digest)
+            if d is None and base is not None and reuse:
+                d = _reuse_layer(img, i, base, work)
             if d is None:
-                d = done[layer.digest] = convert_one(img, i, current if len(current) else None)
-            if within:
+                d = convert_one(img, i, current if len(current) else None)
+            done[layer.digest] = d
+            if within and d.summary.reused_from is None:
                 s = d.summary
                 lower = _Lower(Layer(s.target_digest, s.target_size, d.descriptor["mediaType"]),
                                _bootstrap_of(d.path, s.target_digest))
@@ -130,8 +169,9 @@ def foreign_blobs(layer_results: list[Any], chunk_dict: ChunkDict | None) -> lis
     """Blobs the converted layers point into that are not layers of the same image."""
     if chunk_dict is None:
         return []
-    own = {d.summary.target_digest for d in layer_results}
-    used = sorted({b for d in layer_results for b in d.summary.external_blobs} - own)
+    own = {d.summary.target_digest for d in layer_results if d.summary.reused_from is None}
+    used = sorted(({b for d in layer_results for b in d.summary.external_blobs}
+                   | {d.summary.target_digest for d in layer_results}) - own)
     missing = [b for b in used if b not in chunk_dict.blobs]
     if missing:
         raise BadInput(f"converted layers point into blobs the dictionary does not name: {missing}")

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from imgformat.constants import ANNOTATION_EXTERNAL_BLOBS, ANNOTATION_SOURCE_DIFF_ID
 from imgformat.records import ExternalChunk
 
 FORMAT = "imgfs-chunkdict"
@@ -51,6 +52,9 @@ class ChunkDict(Mapping[bytes, ExternalChunk]):
     chunks: dict[bytes, ExternalChunk] = field(default_factory=dict)
     blobs: dict[str, DictBlob] = field(default_factory=dict)
     images: list[str] = field(default_factory=list)
+    # whole converted layers by *source* diff_id (descriptor, annotations included): a source
+    # layer converted before is reused as is, not even its headers and bootstrap are stored again
+    layers: dict[str, dict] = field(default_factory=dict)
 
     def __getitem__(self, key: bytes) -> ExternalChunk:
         return self.chunks[key]
@@ -67,9 +71,16 @@ class ChunkDict(Mapping[bytes, ExternalChunk]):
             self.chunks[digest] = chunk
             self.blobs.setdefault(blob.digest, blob)
 
+    def add_layer(self, diff_id: str, descriptor: dict, blob: DictBlob) -> None:
+        if diff_id not in self.layers:
+            self.layers[diff_id] = descriptor
+            self.blobs.setdefault(blob.digest, blob)
+
     def merge(self, other: ChunkDict) -> None:
         for d, c in other.chunks.items():
             self.add(d, c, other.blobs[c.blob])
+        for diff_id, desc in other.layers.items():
+            self.add_layer(diff_id, desc, other.blobs[desc["digest"]])
         self.images += [i for i in other.images if i not in self.images]
 
     def stored_bytes(self) -> int:
@@ -78,13 +89,14 @@ class ChunkDict(Mapping[bytes, ExternalChunk]):
 
     # -- file format -------------------------------------------------------------------------
     def to_json(self) -> bytes:
-        blob_list = sorted({c.blob for c in self.chunks.values()})
+        blob_list = sorted({c.blob for c in self.chunks.values()} | {d["digest"] for d in self.layers.values()})
         index = {b: i for i, b in enumerate(blob_list)}
         doc = {
             "format": FORMAT, "version": VERSION, "images": self.images,
             "blobs": [vars(self.blobs[b]) for b in blob_list],
             "chunks": [[d.hex(), index[c.blob], c.comp_offset, c.comp_size, c.uncomp_size]
                        for d, c in sorted(self.chunks.items())],
+            "layers": [[diff_id, self.layers[diff_id]] for diff_id in sorted(self.layers)],
         }
         return json.dumps(doc, separators=(",", ":")).encode()
 
@@ -113,6 +125,11 @@ class ChunkDict(Mapping[bytes, ExternalChunk]):
                 if off + csize > blob.size:
                     raise ValueError(f"chunk {hexd} lies outside blob {blob.digest}")
                 out.add(digest, ExternalChunk(blob.digest, int(off), int(csize), int(usize)), blob)
+            by_digest = {b.digest: b for b in blobs}
+            for diff_id, desc in doc.get("layers", []):
+                if not isinstance(desc, dict) or desc.get("digest") not in by_digest:
+                    raise ValueError(f"layer {diff_id}: descriptor names no listed blob")
+                out.add_layer(str(diff_id), desc, by_digest[desc["digest"]])
         except (KeyError, TypeError, ValueError) as e:
             raise ChunkDictError(f"{what}: malformed: {e}") from None
         return out
@@ -139,10 +156,18 @@ def image_chunks(layers: Iterable[Any], image: str) -> Iterator[tuple[bytes, Ext
 
 
 def from_layers(layers: Iterable[Any], image: str) -> ChunkDict:
-    """Every chunk of one image."""
+    """Every chunk of one image, and its self-contained layers (no chunks in other blobs) by diff_id."""
+    layers = list(layers)
     out = ChunkDict(images=[image])
     for digest, chunk, blob in image_chunks(layers, image):
         out.add(digest, chunk, blob)
+    for la in layers:
+        ann = la.layer.annotations
+        diff_id = ann.get(ANNOTATION_SOURCE_DIFF_ID)
+        if diff_id and ANNOTATION_EXTERNAL_BLOBS not in ann:
+            desc = {"mediaType": la.layer.media_type, "digest": la.layer.digest, "size": la.layer.size,
+                    "annotations": dict(ann)}
+            out.add_layer(diff_id, desc, DictBlob(la.layer.digest, la.layer.size, la.layer.media_type, image))
     return out
 
 
@@ -153,10 +178,17 @@ def recurring(per_image: list[ChunkDict], min_images: int) -> ChunkDict:
     for d in per_image:
         for digest in d.chunks:
             counts[digest] = counts.get(digest, 0) + 1
+    layer_counts: dict[str, int] = {}
+    for d in per_image:
+        for diff_id in d.layers:
+            layer_counts[diff_id] = layer_counts.get(diff_id, 0) + 1
     out = ChunkDict()
     for d in per_image:
         for digest, c in d.chunks.items():
             if counts[digest] >= min_images:
                 out.add(digest, c, d.blobs[c.blob])
+        for diff_id, desc in d.layers.items():
+            if layer_counts[diff_id] >= min_images:
+                out.add_layer(diff_id, desc, d.blobs[desc["digest"]])
         out.images += [i for i in d.images if i not in out.images]
     return out
