@@ -45,3 +45,11 @@ def python_trace(tmp_path_factory, lazy_layout) -> Path:
     imgconv("record", f"oci:{lazy_layout}:latest", "-o", str(out), "--ready-line", READY,
             "--workdir", str(out.parent), "--", *WORKLOAD)
     return out
+
+
+@pytest.fixture(scope="session")
+def prefetched_layout(tmp_path_factory, debian_source, python_trace) -> Path:
+    """The Debian image converted with the prefetch list planned from the recorded trace."""
+    out = tmp_path_factory.mktemp("prefetch-ordered") / "oci"
+    imgconv("convert", debian_source, f"oci:{out}:latest", "--prefetch-from-trace", str(python_trace))
+    return out
