@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 DEFAULT_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
@@ -51,19 +50,19 @@ def start(root: Path, command: list[str], *, env: dict[str, str] | None = None,
 
 def stop(proc: subprocess.Popen, timeout: float = 30.0) -> int | None:
     """Kill the workload and everything in its namespace; returns its exit code (None if
-    it had to be killed). Killing unshare (``--kill-child``) kills the namespace's init,
-    and the kernel then kills every other process of that PID namespace."""
+    it had to be killed).
+
+    SIGKILL straight away: the startup is over (the trace is flushed before this), the
+    workload's process is its PID namespace's init, which ignores SIGTERM, and unshare
+    --fork ignores it while it waits. Killing the group reaches unshare and that init; the
+    kernel then kills every other process of the namespace (``--kill-child`` covers a
+    child that left the group).
+    """
     if proc.poll() is not None:
         return proc.returncode
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            break
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                return None
-            time.sleep(0.05)
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
     proc.wait(timeout)
     return None

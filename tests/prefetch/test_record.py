@@ -2,6 +2,7 @@
 run chrooted into the unpacked rootfs (an independent method)."""
 from __future__ import annotations
 
+import json
 import os
 import re
 import stat
@@ -12,7 +13,7 @@ import pytest
 
 from prefetch.sandbox import DEFAULT_ENV
 from prefetch.trace import load_trace
-from tests.prefetch.conftest import WORKLOAD
+from tests.prefetch.conftest import WORKLOAD, imgconv
 from tests.support.fixtures import CACHE_DIR
 from tests.support.images import debian_rootfs
 
@@ -133,3 +134,42 @@ def test_record_usage_errors(lazy_layout, tmp_path):
     r = run("record", f"oci:{lazy_layout}:latest", "-o", str(tmp_path / "t"), "--", "/bin/false")
     assert r.returncode == 4 and "exited with code 1" in r.stderr
     assert not (tmp_path / "t").exists()
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ready_by_port_and_by_timeout(lazy_layout, tmp_path):
+    port = free_port()
+    imgconv("record", f"oci:{lazy_layout}:latest", "-o", str(tmp_path / "port.json"), "--ready-port",
+            str(port), "--workdir", str(tmp_path), "--", "python3", "-c",
+            f"import socket, time; s = socket.socket(); s.bind(('127.0.0.1', {port})); s.listen(); "
+            "time.sleep(600)")
+    t = load_trace(tmp_path / "port.json")
+    assert t.ready["reason"] == "port"
+    assert "usr/lib/python3.11/socket.py" in {f.path for f in t.files if not f.stat_only}
+    imgconv("record", f"oci:{lazy_layout}:latest", "-o", str(tmp_path / "timeout.json"), "--timeout", "1",
+            "--workdir", str(tmp_path), "--", "sleep", "600")
+    t = load_trace(tmp_path / "timeout.json")
+    assert t.ready["reason"] == "timeout" and t.ready["seconds"] >= 1
+    assert "usr/bin/sleep" in {f.path for f in t.files if not f.stat_only}
+    assert list(tmp_path.glob("imgconv-record-*")) == []          # mounts and dirs cleaned up
+
+
+def test_optimize_records_and_converts_in_one_step(debian_source, python_trace, tmp_path):
+    from prefetch.order import plan
+    from tests.fusefs.imagekit import layer_bootstraps
+    from tests.prefetch.conftest import READY
+
+    r = imgconv("optimize", debian_source, f"oci:{tmp_path / 'out'}:latest", "--ready-line", READY,
+                "--trace-dir", str(tmp_path / "traces"), "--workdir", str(tmp_path), "--json", "--", *WORKLOAD)
+    summary = json.loads(r.stdout)
+    assert summary["prefetch"]["runs"] == 1 and summary["prefetch"]["files"] > 40
+    listed = [f["path"] for f in json.loads((tmp_path / "traces/prefetch-list.json").read_text())["files"]]
+    assert listed == [e.path for e in plan([load_trace(python_trace)])]   # same workload, same list
+    assert layer_bootstraps(tmp_path / "out")[0][1].prefetch
