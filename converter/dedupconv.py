@@ -29,7 +29,7 @@ from converter.image import Layer, SourceImage, canonical_json, open_image
 from converter.imgview import load_layers
 from converter.location import Location, parse_location
 from converter.sinks import Blob
-from converter.sources import OCI_MANIFEST, registry_client, sha256_digest
+from converter.sources import OCI_MANIFEST, RegistrySource, registry_client, sha256_digest
 from converter.streams import READ_SIZE, DigestReader
 from dedup.chunkdict import ChunkDict, ChunkDictError, DictBlob, from_layers, image_chunks, recurring
 
@@ -52,9 +52,28 @@ def image_dict(location: str, registry_opts: dict[str, Any]) -> ChunkDict:
     """Every chunk of one converted image (bootstraps only)."""
     img = open_image(parse_location(location), None, **registry_opts)
     try:
-        return from_layers(load_layers(img), location)
+        d = from_layers(load_layers(img), location)
+        for digest in d.unsized_blobs():          # blobs a dedup'd image points into
+            size = _blob_size(img, digest)
+            if size is None:
+                raise BadInput(f"{location}: its chunks point into blob {digest}, which it does not hold")
+            try:
+                d.set_blob_size(digest, size)
+            except ChunkDictError as e:
+                raise BadInput(f"{location}: {e}") from None
+        return d
     finally:
         img.close()
+
+
+def _blob_size(img: SourceImage, digest: str) -> int | None:
+    src = img.source
+    if isinstance(src, RegistrySource):
+        return src.client.blob_exists(src.repo, digest)
+    try:
+        return os.stat(Path(src.location.path) / "blobs" / "sha256" / digest.split(":", 1)[1]).st_size
+    except (OSError, TypeError):
+        return None
 
 
 def load_chunk_dicts(specs: list[str], registry_opts: dict[str, Any]) -> ChunkDict:

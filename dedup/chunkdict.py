@@ -76,6 +76,16 @@ class ChunkDict(Mapping[bytes, ExternalChunk]):
             self.layers[diff_id] = descriptor
             self.blobs.setdefault(blob.digest, blob)
 
+    def unsized_blobs(self) -> list[str]:
+        return [d for d, b in self.blobs.items() if b.size <= 0]
+
+    def set_blob_size(self, digest: str, size: int) -> None:
+        """Fill in the size of a blob only known by reference (from a dedup'd image's bootstrap)."""
+        b = self.blobs[digest]
+        if any(c.blob == digest and c.comp_offset + c.comp_size > size for c in self.chunks.values()):
+            raise ChunkDictError(f"blob {digest} ({size} bytes) is shorter than chunks that point into it")
+        self.blobs[digest] = DictBlob(b.digest, size, b.media_type, b.image)
+
     def merge(self, other: ChunkDict) -> None:
         for d, c in other.chunks.items():
             self.add(d, c, other.blobs[c.blob])
@@ -148,9 +158,9 @@ def image_chunks(layers: Iterable[Any], image: str) -> Iterator[tuple[bytes, Ext
         for i in range(bs.chunk_count):
             info = bs.chunk(i)
             digest = la.layer.digest if info.blob_index == 0 else blobs[info.blob_index]
-            # a chunk stored in another blob: that blob's descriptor is not in this manifest;
-            # the size bound check then uses the frame end (the blob is at least that long)
-            size = la.layer.size if info.blob_index == 0 else info.comp_offset + info.comp_size
+            # a chunk stored in another blob: that blob's descriptor is not in this manifest, so its
+            # size is unknown here (0); the caller fills it in (``ChunkDict.set_blob_size``)
+            size = la.layer.size if info.blob_index == 0 else 0
             blob = DictBlob(digest, size, la.layer.media_type, image)
             yield info.digest, ExternalChunk(digest, info.comp_offset, info.comp_size, info.uncomp_size), blob
 

@@ -105,6 +105,20 @@ def test_chunkdict_build_file_feeds_convert(source, registry, tmp_path):
     assert layer["external_chunks"] == 6 and layer["target_size"] < 100_000
     p = imgconv("check", f"oci:{src}:latest", f"docker://{h}/within/app:latest", "--plain-http")
     assert p.returncode == 0, p.stdout + p.stderr
+    # a dictionary of the dedup'd app names the blobs it points into with their real sizes
+    d2 = tmp_path / "d2.json"
+    imgconv("chunkdict", "build", f"docker://{h}/within/app:latest", "-o", d2, "--plain-http", check=True)
+    from registry.client import RegistryClient
+    client = RegistryClient(registry=h, plain_http=True)
+    for b in json.loads(d2.read_bytes())["blobs"]:
+        assert b["size"] == client.blob_exists("within/app", b["digest"]) > 0
+    # the same dictionary into an OCI layout: the foreign blobs are copied in, check passes
+    imgconv("convert", f"oci:{src}:latest", f"oci:{tmp_path}/app-oci", "--plain-http", "--chunk-dict", d2,
+            check=True)
+    p = imgconv("check", f"oci:{src}:latest", f"oci:{tmp_path}/app-oci")
+    assert p.returncode == 0, p.stdout + p.stderr
+    p = imgconv("convert", f"oci:{src}:latest", f"oci:{tmp_path}/y", "--chunk-dict", tmp_path / "missing")
+    assert p.returncode == 2, p.stderr
     bad = tmp_path / "bad.json"
     bad.write_text("{}")
     p = imgconv("convert", f"oci:{src}:latest", f"oci:{tmp_path}/x", "--chunk-dict", bad)
