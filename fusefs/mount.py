@@ -64,6 +64,7 @@ class MountConfig:
     kernel_readahead_kib: int = 4096
     retries: int = 4
     timeout: float = 30.0
+    fd_store: str | None = None      # fusefs.fdstore socket: survive daemon restarts (takeover)
     # containers run as other users; a non-root user may only use it with user_allow_other
     allow_other: bool = os.geteuid() == 0
 
@@ -186,6 +187,10 @@ async def run_mount(cfg: MountConfig, on_ready: Callable[[], None] = lambda: Non
     reader = FileReader(view, fetcher, store, ReaderConfig(small_file=cfg.small_file,
                                                            readahead=cfg.readahead))
     ops = Operations(view, reader, metrics, access_log)
+    if cfg.fd_store:  # a restarted daemon must answer in the kernel's inode numbers
+        from fusefs import takeover
+
+        ops.view = reader.view = takeover.stable_view(view, cfg.mountpoint, cfg.fd_store)
     started = {"mount_seconds": None}
 
     async def control(method: str, path: str) -> tuple[int, str, bytes]:
@@ -211,8 +216,24 @@ async def run_mount(cfg: MountConfig, on_ready: Callable[[], None] = lambda: Non
         options.add("allow_other")
     # the handlers are in place before the mount exists: a SIGTERM at any point after it
     # unmounts cleanly instead of killing the process and leaving a dead mount behind
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
-        pyfuse3.init(ops, cfg.mountpoint, options)
+    conn = None
+    handover = {"on": False}
+    sigs = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP) + ((signal.SIGUSR1,) if cfg.fd_store else ())
+    with trio.open_signal_receiver(*sigs) as signals:
+        if cfg.fd_store:
+            from fusefs import takeover
+
+            fd, init, adopted = await trio.to_thread.run_sync(
+                takeover.open_connection, cfg.mountpoint, options, cfg.fd_store)
+            try:
+                conn = takeover.Connection(fd, init, adopted)
+                pyfuse3.init(ops, conn.mountpoint_arg, options)
+            except BaseException:
+                os.close(fd)
+                takeover.release(cfg.mountpoint, cfg.fd_store, adopted)
+                raise
+        else:
+            pyfuse3.init(ops, cfg.mountpoint, options)
         log.info("mounted %s on %s (%d layers)", cfg.image, cfg.mountpoint, len(layers))
         try:
             async with trio.open_nursery() as nursery:
@@ -221,7 +242,9 @@ async def run_mount(cfg: MountConfig, on_ready: Callable[[], None] = lambda: Non
                     nursery.cancel_scope.cancel()
 
                 nursery.start_soon(fuse_main)
-                nursery.start_soon(_watch_signals, signals)
+                nursery.start_soon(_watch_signals, signals, handover)
+                if conn is not None:
+                    await conn.attach()
                 reader.spawn = nursery.start_soon
                 await trio.to_thread.run_sync(_touch_root, cfg.mountpoint)
                 await trio.to_thread.run_sync(_tune_kernel_readahead, cfg.mountpoint,
@@ -238,12 +261,20 @@ async def run_mount(cfg: MountConfig, on_ready: Callable[[], None] = lambda: Non
                     access_log.flush()
                 except OSError as exc:
                     log.error("cannot write the access log %s: %s", cfg.access_log, exc)
-            pyfuse3.close(unmount=True)
-            log.info("unmounted %s", cfg.mountpoint)
+            if conn is None:
+                pyfuse3.close(unmount=True)
+            else:
+                pyfuse3.close(unmount=False)
+                # a fresh mount that never served is removed; an adopted one is left to the next try
+                keep = handover["on"] or (conn.adopted and not conn.attached)
+                takeover.release(cfg.mountpoint, cfg.fd_store, keep)
+            log.info("%s %s", "handed over" if handover["on"] else "unmounted", cfg.mountpoint)
 
 
-async def _watch_signals(signals: Any) -> None:
+async def _watch_signals(signals: Any, handover: dict) -> None:
     async for signum in signals:
-        log.info("signal %d: unmounting", signum)
+        # SIGUSR1 (only with an fd store): exit for an upgrade, the mount stays for the next daemon
+        handover["on"] = signum == signal.SIGUSR1
+        log.info("signal %d: %s", signum, "handing over" if handover["on"] else "unmounting")
         pyfuse3.terminate()
         return
