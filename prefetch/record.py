@@ -47,12 +47,6 @@ class Readiness:
     timeout: float | None = None
 
 
-@dataclass
-class _Ready:
-    reason: str = ""
-    event: threading.Event = None  # type: ignore[assignment]
-
-
 def _control(sock: Path, target: str, method: str = "GET") -> tuple[int, bytes]:
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.settimeout(30)
