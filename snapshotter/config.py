@@ -42,6 +42,8 @@ class Config:
     supervise_interval: float = 2.0    # seconds between health checks of the fusefs daemons
     health_timeout: float = 10.0       # a mount that does not answer a stat in this time hangs
     imgfs_bin: str = "imgfs"           # the fusefs CLI; looked up next to this Python first
+    access_log: bool = False           # each daemon writes ROOT/daemons/<mount>/access.jsonl
+    mount_on_pull: bool = False        # start an image's daemon when its top layer is pulled
     registry: RegistryConfig = field(default_factory=RegistryConfig)
     fetch: FetchConfig = field(default_factory=FetchConfig)
 

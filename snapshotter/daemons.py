@@ -150,7 +150,8 @@ def imgfs_command(name: str) -> list[str]:
     return [sys.executable, "-m", "fusefs.cli"]
 
 
-def start(argv: list[str], mountpoint: Path, logfile: Path, timeout: float) -> subprocess.Popen:
+def start(argv: list[str], mountpoint: Path, logfile: Path, timeout: float,
+          env: dict[str, str] | None = None) -> subprocess.Popen:
     """Runs `argv` (an `imgfs mount ...` without --daemon) and waits until the mount is ready."""
     mountpoint.mkdir(parents=True, exist_ok=True)
     logfile.parent.mkdir(parents=True, exist_ok=True)
@@ -158,14 +159,14 @@ def start(argv: list[str], mountpoint: Path, logfile: Path, timeout: float) -> s
         lf.write(f"--- {time.strftime('%Y-%m-%dT%H:%M:%S')} {' '.join(argv)}\n".encode())
         lf.flush()
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=lf, stderr=lf,
-                                start_new_session=True)
+                                start_new_session=True, env=env)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise MountError(f"imgfs mount exited with {proc.returncode}: {_tail(logfile)}")
         if healthy(mountpoint):
             return proc
-        time.sleep(0.05)
+        time.sleep(0.01)
     stop(proc.pid, mountpoint, proc)
     raise MountError(f"imgfs mount not ready after {timeout:.0f} s: {_tail(logfile)}")
 

@@ -20,7 +20,9 @@ adopts live daemons, and replaces dead ones at the same mountpoint.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
+import os
 import shutil
 import subprocess
 import threading
@@ -37,6 +39,7 @@ from snapshotter.store import Snapshot, Store
 log = logging.getLogger("imgfs.snapshotter")
 
 TAG_TTL = 60.0    # seconds a resolved tag is trusted: one pull's layers ask within a few seconds
+EARLY_GRACE = 120.0  # seconds a daemon started by a pull (mount_on_pull) survives unused
 
 
 class RemoteLayers:
@@ -52,6 +55,9 @@ class RemoteLayers:
         self.restarts = 0
         self._release_wanted = threading.Event()
         self._live: Callable[[], list[list[Snapshot]]] | None = None
+        self._early: dict[str, float] = {}    # image key -> when a pull started its daemon
+        self._early_starting: set[str] = set()  # image keys with an early start in flight
+        self._early_lock = threading.Lock()
 
     # -- registry ---------------------------------------------------------------------
     def _client(self, host: str):
@@ -97,6 +103,10 @@ class RemoteLayers:
         if plain:
             raise ValueError(f"the image has {len(plain)} plain layer(s) ({plain[0]}, ...), "
                              "and fusefs mounts only all-imgfs images")
+        image = {"registry": ref.registry, "repository": ref.repository, "manifest": mdigest,
+                 "ref": info.image_ref}
+        if self.cfg.mount_on_pull:
+            self.mount_early(image)      # in parallel with this and the other layers' checks
         start = info.bootstrap_offset
         payload = client.get_range(ref.repository, info.layer_digest, start, start + info.bootstrap_size)
         got = "sha256:" + hashlib.sha256(payload).hexdigest()
@@ -106,8 +116,6 @@ class RemoteLayers:
         # better unpacked plainly now than failing at container start.
         Bootstrap.from_blob_bytes(payload, blob_digest=info.layer_digest)
         index = digests.index(info.layer_digest)
-        image = {"registry": ref.registry, "repository": ref.repository, "manifest": mdigest,
-                 "ref": info.image_ref}
         log.info("imgfs layer %d/%d %s of %s verified (bootstrap %d bytes, one range request)",
                  index + 1, len(digests), info.layer_digest, info.image_ref, len(payload))
         return {"layer_digest": info.layer_digest, "index": index, "count": len(digests),
@@ -209,20 +217,65 @@ class RemoteLayers:
         tuning.write_text(f"gap_bytes = {f.merge_gap}\nmax_request = {f.max_request}\n"
                           f"retries = {r.retries}\ntimeout = {float(r.timeout)}\n")
         argv += ["--config", str(tuning), "--control-socket", str(self._control(mp))]
+        if self.cfg.access_log:
+            argv += ["--access-log", str(ddir / "access.jsonl")]
         return argv
 
-    def ensure_mount(self, image: dict) -> Path:
+    def _env(self, mp: Path) -> dict[str, str] | None:
+        """The daemon's environment: `imgfs mount` has no credentials flag, but its registry
+        client reads $DOCKER_CONFIG/config.json, so a private dir with a symlink named
+        config.json to `[registry] credentials` hands it the same credentials."""
+        creds = self.cfg.registry.credentials
+        if not creds:
+            return None
+        d = self.daemon_dir / mp.name / "docker"
+        d.mkdir(parents=True, exist_ok=True)
+        link = d / "config.json"
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        link.symlink_to(Path(creds).resolve())
+        return {**os.environ, "DOCKER_CONFIG": str(d)}
+
+    def ensure_mount(self, image: dict, why: str = "mount") -> Path:
         """The image's fusefs mount, started (or restarted) when it is not healthy."""
         key = self.image_key(image)
         with self._lock:
             mp = self.mountpoint(key)
             row = {r[0]: r for r in self.store.daemons()}.get(key)
             if row is not None and daemons.alive(row[2]) and daemons.healthy(mp, self.cfg.health_timeout, self._control(mp)):
+                self._early.pop(key, None)      # claimed by a container: releasable as usual
                 return mp
-            self._start(key, image, mp, row[2] if row else 0)
+            self._start(key, image, mp, row[2] if row else 0, why)
+            if why == "pull":
+                self._early[key] = time.monotonic()
+            else:
+                self._early.pop(key, None)
             return mp
 
-    def _start(self, key: str, image: dict, mp: Path, old_pid: int) -> None:
+    def mount_early(self, image: dict) -> None:
+        """`mount_on_pull`: starts the image's daemon in the background as soon as the pull's
+        first imgfs layer has its manifest checked (all layers imgfs), so the daemon's start (a Python process: interpreter, imports, one
+        bootstrap request per layer, the FUSE mount) overlaps the rest of the pull and the
+        container's creation instead of sitting inside the container's Prepare. The Prepare
+        then finds the mount ready (or waits on the lock for the start in flight)."""
+        key = self.image_key(image)
+        with self._early_lock:
+            if key in self._early_starting:
+                return                   # every layer of the pull asks; one start is enough
+            self._early_starting.add(key)
+
+        def run() -> None:
+            try:
+                self.ensure_mount(image, why="pull")
+            except Exception as e:  # noqa: BLE001 - only a head start; Prepare starts it again
+                log.warning("early start of the fusefs daemon of %s failed: %s", key, e)
+            finally:
+                with self._early_lock:
+                    self._early_starting.discard(key)
+
+        threading.Thread(target=run, name="mount-on-pull", daemon=True).start()
+
+    def _start(self, key: str, image: dict, mp: Path, old_pid: int, why: str = "mount") -> None:
         proc = self._procs.pop(key, None)
         if old_pid and daemons.alive(old_pid) and daemons.cmdline_has(old_pid, str(mp)):
             daemons.kill(old_pid, proc)   # only called for a daemon that is gone or hangs
@@ -230,10 +283,18 @@ class RemoteLayers:
             proc.poll()
         daemons.unmount(mp)          # a dead daemon leaves an ENOTCONN mount behind
         logfile = self.daemon_dir / mp.name / "imgfs.log"
-        proc = daemons.start(self._argv(image, mp), mp, logfile, self.cfg.mount_timeout)
+        spawned = time.time()
+        argv = self._argv(image, mp)
+        proc = daemons.start(argv, mp, logfile, self.cfg.mount_timeout, env=self._env(mp))
+        ready = time.time()
         self._procs[key] = proc
         self.store.put_daemon(key, str(mp), proc.pid, image)
-        log.info("fusefs daemon %d serves %s at %s", proc.pid, key, mp)
+        # Wall-clock times (not monotonic): other processes (imgbench) line them up with theirs.
+        timing = {"pid": proc.pid, "spawned": spawned, "ready": ready, "start_seconds": ready - spawned,
+                  "why": why}
+        (self.daemon_dir / mp.name / "timing.json").write_text(json.dumps(timing) + "\n")
+        log.info("fusefs daemon %d serves %s at %s (ready in %.2f s, started %s)", proc.pid, key, mp,
+                 ready - spawned, why)
 
     def schedule_release(self, live: Callable[[], list[list[Snapshot]]]) -> None:
         self._live = live
@@ -254,9 +315,13 @@ class RemoteLayers:
                     continue
                 if found is not None:
                     needed.add(self.image_key(found[1]))
+            now = time.monotonic()
             for key, mp, pid, _spec in self.store.daemons():
                 if key in needed:
                     continue
+                if now - self._early.get(key, -EARLY_GRACE) < EARLY_GRACE:
+                    continue        # started by a pull; its container has not asked yet
+                self._early.pop(key, None)
                 log.info("stopping unused fusefs daemon %d of %s", pid, key)
                 if daemons.alive(pid) and daemons.cmdline_has(pid, mp):
                     daemons.stop(pid, Path(mp), self._procs.pop(key, None))

@@ -15,7 +15,7 @@ def test_defaults_match_the_docs():
     assert cfg.registry.plain_http == [] and cfg.fetch.prefetch is True
     doc = (Path(__file__).resolve().parents[2] / "docs" / "snapshotter.md").read_text()
     for key in ("root", "socket", "cache_dir", "cache_size", "log_level", "mount_timeout",
-                "supervise_interval", "health_timeout", "imgfs_bin", "[registry] plain_http", "[registry] insecure",
+                "supervise_interval", "health_timeout", "imgfs_bin", "access_log", "mount_on_pull", "[registry] plain_http", "[registry] insecure",
                 "[registry] credentials", "[registry] timeout", "[registry] retries", "[fetch] prefetch",
                 "[fetch] prefetch_all", "[fetch] merge_gap", "[fetch] max_request"):
         assert f"| `{key}` |" in doc, key
@@ -45,3 +45,37 @@ def test_errors(tmp_path, text, msg):
     f.write_text(text + "\n")
     with pytest.raises(config.ConfigError, match=msg):
         config.load(f)
+
+
+def test_daemon_argv_access_log_and_credentials(tmp_path):
+    """access_log adds --access-log per daemon; credentials reach `imgfs mount` (which has no
+    credentials flag) as $DOCKER_CONFIG/config.json, a symlink to the configured file."""
+    from snapshotter.remote import RemoteLayers
+    from snapshotter.store import Store
+
+    creds = tmp_path / "auth.json"
+    creds.write_text('{"auths": {"reg.example:5000": {"auth": "dTpw"}}}')
+    f = tmp_path / "c.toml"
+    f.write_text(f'root = "{tmp_path / "root"}"\naccess_log = true\nmount_on_pull = true\n'
+                 f'[registry]\ncredentials = "{creds}"\nplain_http = ["reg.example:5000"]\n')
+    cfg = config.load(f)
+    assert cfg.access_log is True and cfg.mount_on_pull is True
+    (tmp_path / "root").mkdir()
+    store = Store(tmp_path / "root" / "metadata.db")
+    try:
+        remote = RemoteLayers(cfg, store)
+        image = {"registry": "reg.example:5000", "repository": "a/b", "manifest": "sha256:" + "0" * 64}
+        mp = remote.mountpoint(remote.image_key(image))
+        argv = remote._argv(image, mp)
+        ddir = cfg.root / "daemons" / mp.name
+        assert argv[argv.index("--access-log") + 1] == str(ddir / "access.jsonl")
+        assert "--plain-http" in argv
+        env = remote._env(mp)
+        link = Path(env["DOCKER_CONFIG"]) / "config.json"
+        assert link.read_text() == creds.read_text() and link.resolve() == creds.resolve()
+        assert remote._env(mp) == env                 # a restart replaces the link
+        remote.cfg.access_log = False
+        remote.cfg.registry.credentials = ""
+        assert "--access-log" not in remote._argv(image, mp) and remote._env(mp) is None
+    finally:
+        store.close()
