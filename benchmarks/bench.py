@@ -93,14 +93,14 @@ def _add_tag(target: Target, reg: Registry, client: RegistryClient, tag: str) ->
 
 def run_benchmark(workloads: list[Workload], layouts: dict[str, Path], modes: list[str], bandwidth: float,
                   rtt: float, repeat: int, out: Path, *, drop: bool = True, command: list[str] | None = None,
-                  log: Callable[[str], None] = print) -> list[Path]:
+                  log: Callable[[str], None] = print, mount_on_pull: bool = True) -> list[Path]:
     """Runs every (image, mode, repeat); writes the JSON files to `out`; returns their paths."""
     unknown = [m for m in modes if m not in ALL_MODES]
     if unknown:
         raise ValueError(f"unknown mode(s) {', '.join(unknown)}; known: {', '.join(ALL_MODES)}")
     out.mkdir(parents=True, exist_ok=True)
     params = {"images": [w.name for w in workloads], "modes": modes, "bandwidth_bytes_per_s": bandwidth,
-              "rtt_s": rtt, "repeat": repeat, "page_cache_dropped": drop}
+              "rtt_s": rtt, "repeat": repeat, "page_cache_dropped": drop, "mount_on_pull": mount_on_pull}
     meta = {"machine": machine(), "versions": versions(), "parameters": params}
     notes: list[str] = []
     written: list[Path] = []
@@ -111,7 +111,7 @@ def run_benchmark(workloads: list[Workload], layouts: dict[str, Path], modes: li
         with ShapingProxy(reg.host, bandwidth=bandwidth, rtt=rtt) as proxy:
             for w in workloads:
                 written += _bench_image(w, layouts[w.name], modes, repeat, out, reg, client, proxy, drop,
-                                        meta, notes, log)
+                                        meta, notes, log, mount_on_pull)
     finally:
         reg.stop()
         shutil.rmtree(regdir, ignore_errors=True)
@@ -123,7 +123,7 @@ def run_benchmark(workloads: list[Workload], layouts: dict[str, Path], modes: li
 
 def _bench_image(w: Workload, layout: Path, modes: list[str], repeat: int, out: Path, reg: Registry,
                  client: RegistryClient, proxy: ShapingProxy, drop: bool, meta: dict, notes: list[str],
-                 log: Callable[[str], None]) -> list[Path]:
+                 log: Callable[[str], None], mount_on_pull: bool = True) -> list[Path]:
     repo = f"bench/{w.name}"
     push_oci(layout, reg.host, repo, TAGS["oci"])
     target = Target(w, repo, {}, {})
@@ -151,7 +151,8 @@ def _bench_image(w: Workload, layout: Path, modes: list[str], repeat: int, out: 
             if mode == "imgfs-prefetch" and "imgfs-prefetch" not in target.layers:
                 if not access.exists():
                     log(f"{w.name}: recording an imgfs run for the prefetch list (not a result)")
-                    run_once(target, "imgfs", 0, proxy, client, drop=drop, access_log_out=access)
+                    run_once(target, "imgfs", 0, proxy, client, drop=drop, access_log_out=access,
+                             mount_on_pull=mount_on_pull)
                 plist = out / "access" / f"{w.name}-prefetch.json"
                 plist.write_text(json.dumps(prefetch_list(read_access_log(access)), indent=0))
                 t0 = time.monotonic()
@@ -164,7 +165,8 @@ def _bench_image(w: Workload, layout: Path, modes: list[str], repeat: int, out: 
             log(f"{w.name} {mode} run {rep}/{repeat} ...")
             keep = access if mode == "imgfs" and not access.exists() else None
             try:
-                res = run_once(target, mode, rep, proxy, client, drop=drop, access_log_out=keep)
+                res = run_once(target, mode, rep, proxy, client, drop=drop, access_log_out=keep,
+                               mount_on_pull=mount_on_pull)
                 log(f"  pull {res['pull_s']:.2f} s + ready {res['ready_s']:.2f} s = {res['total_s']:.2f} s, "
                     f"{res['bytes'] / 1e6:.1f} MB in {res['requests']} requests")
             except RunError as e:

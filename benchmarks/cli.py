@@ -3,6 +3,7 @@
     imgbench images build [--images python,node,...]
     imgbench run [--images ...] [--modes oci,imgfs,imgfs-prefetch,estargz] [--bandwidth 100mbit]
                  [--rtt 20ms] [--repeat N] [--out DIR] [--quick] [--no-drop-caches]
+                 [--no-mount-on-pull]
     imgbench report DIR
 
 Exit codes: 0 ok, 1 some runs failed, 2 usage error, 3 environment missing (not root, a
@@ -54,6 +55,9 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--rtt", default="20ms", help="delay added to every request (20ms)")
     r.add_argument("--repeat", type=int, default=None, help="runs per image and mode (3)")
     r.add_argument("--out", type=Path, default=None, help="results dir (benchmarks/results/DATE)")
+    r.add_argument("--mount-on-pull", action=argparse.BooleanOptionalAction, default=True,
+                   help="the snapshotter starts the fusefs daemon when the image is pulled (default), "
+                        "not at the container's Prepare")
     r.add_argument("--quick", action="store_true", help="python,node once each (what `make bench` runs)")
     r.add_argument("--no-drop-caches", action="store_true",
                    help="keep the page cache between runs (not cold; for tests on shared machines)")
@@ -92,7 +96,8 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
     out = args.out or ROOT / "benchmarks" / "results" / time.strftime("%Y%m%d-%H%M%S", time.gmtime())
     layouts = build_images(workloads)
     paths = run_benchmark(workloads, layouts, args.modes, bandwidth, rtt, repeat, out,
-                          drop=not args.no_drop_caches, command=["imgbench", *argv])
+                          drop=not args.no_drop_caches, command=["imgbench", *argv],
+                          mount_on_pull=args.mount_on_pull)
     md, _ = report(out)
     print(md)
     print(f"imgbench: results in {out}")

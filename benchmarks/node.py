@@ -8,16 +8,15 @@ dropped (`echo 3 > /proc/sys/vm/drop_caches`) after they are up; the registry's
 blobs are then read back into the page cache, because the registry stands for a
 remote server whose disk is not part of the client's cold start.
 
-The fusefs daemons are started by the snapshotter through a tiny wrapper
-(`imgfs_bin` in its config) that adds `--access-log` next to each daemon's control
-socket, so the workload's file accesses can be read after readiness.
+The snapshotter runs with `access_log = true` (each fusefs daemon writes its access log
+next to its control socket, so the workload's file accesses can be read after
+readiness) and, unless told otherwise, `mount_on_pull = true` (see docs/imgbench.md).
 """
 from __future__ import annotations
 
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,17 +25,6 @@ import benchmarks.images  # noqa: F401  (puts the repo root on sys.path for test
 from tests.support.containerd import Containerd, SnapshotterProc, start_containerd, start_snapshotter
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-_WRAPPER = """#!{python}
-# imgbench: run the real imgfs CLI, adding --access-log next to the daemon's control socket.
-import os, sys
-argv = sys.argv[1:]
-if argv[:1] == ["mount"] and "--control-socket" in argv:
-    d = os.path.dirname(argv[argv.index("--control-socket") + 1])
-    argv += ["--access-log", os.path.join(d, "access.jsonl")]
-os.execv({real!r}, [{real!r}, *argv])
-"""
-
 
 def drop_caches() -> None:
     """Write back dirty pages, then drop the page cache, dentries and inodes (needs root)."""
@@ -95,6 +83,7 @@ class ColdNode:
     registry_hosts: list[str]
     snapshotter: bool = True
     prefetch: bool = False
+    mount_on_pull: bool = True
     dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="imgbench-", dir="/tmp")))
     ctd: Containerd | None = None
     snap: SnapshotterProc | None = None
@@ -119,15 +108,11 @@ class ColdNode:
         return self
 
     def _config(self, sock: Path) -> Path:
-        from snapshotter.daemons import imgfs_command
-
-        wrapper = self.dir / "imgfs-wrapper"
-        wrapper.write_text(_WRAPPER.format(python=sys.executable, real=imgfs_command("imgfs")[0]))
-        wrapper.chmod(0o755)
         hosts = ", ".join(f'"{h}"' for h in self.registry_hosts)
         cfg = self.dir / "snapshotter.toml"
         cfg.write_text(f'root = "{self.snap_root}"\nsocket = "{sock}"\nlog_level = "info"\n'
-                       f'imgfs_bin = "{wrapper}"\nmount_timeout = 120.0\n'
+                       f"mount_timeout = 120.0\naccess_log = true\n"
+                       f"mount_on_pull = {'true' if self.mount_on_pull else 'false'}\n"
                        f"[registry]\nplain_http = [{hosts}]\n"
                        f"[fetch]\nprefetch = {'true' if self.prefetch else 'false'}\n")
         return cfg

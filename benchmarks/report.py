@@ -18,6 +18,7 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
+from benchmarks.breakdown import breakdown_table
 from benchmarks.runner import ALL_MODES, physical_limit
 
 MB = 1e6
@@ -96,16 +97,18 @@ def _mb(s: Spread | None) -> str:
 def table(summary: dict) -> str:
     """The Markdown results table (one row per image and mode) and a per-image line."""
     rows = [("| image | mode | pull s | run-to-ready s | total s (min–max) | MB fetched | requests "
-             "| imgfs peak RSS MB | imgfs CPU s | image MB | total / limit |"),
-            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| imgfs peak RSS MB | imgfs CPU s | image MB | total / limit | oci / total |"),
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for image, s in summary.items():
+        oci = s["modes"].get("oci", {}).get("total_s")
         for mode, m in s["modes"].items():
             ratio = f"{m['total_s'].median / s['limit']:.2f}x" if s["limit"] else "–"
+            faster = f"{oci.median / m['total_s'].median:.1f}x" if oci else "–"
             rows.append(f"| {image} | {mode} | {m['pull_s'].fmt()} | {m['ready_s'].fmt()} | {m['total_s'].fmt()} "
                         f"| {_mb(m['bytes'])} | {m['requests'].median:.0f} "
                         f"| {_mb(m['imgfs_peak_rss_bytes'])} "
                         f"| {'–' if m['imgfs_cpu_seconds'] is None else m['imgfs_cpu_seconds'].fmt()} "
-                        f"| {_mb(m['image_bytes'])} | {ratio} |")
+                        f"| {_mb(m['image_bytes'])} | {ratio} | {faster} |")
     lines = ["\n".join(rows), ""]
     for image, s in summary.items():
         parts = [f"- **{image}**:"]
@@ -211,6 +214,9 @@ def report(results: Path) -> tuple[str, list[Path]]:
         head.append(f"  \n1-min load average when a run started: {loads.fmt(1)} (other work on the machine "
                     "shows up as spread).")
     md = "\n".join(head) + "\n\n" + table(summary)
+    parts = breakdown_table(runs)
+    if parts:
+        md += "\n" + parts
     if meta.get("notes"):
         md += "\nNotes:\n" + "".join(f"- {n}\n" for n in meta["notes"])
     md += "\n![time to ready](ready.png)\n![bytes fetched](bytes.png)\n"

@@ -22,6 +22,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from benchmarks.breakdown import breakdown, daemon_timing
 from benchmarks.node import ColdNode, drop_caches, warm
 from benchmarks.proxy import ShapingProxy
 from benchmarks.workingset import merged_view, read_access_log, working_set
@@ -93,12 +94,13 @@ def _metrics(text: str) -> dict[str, float]:
     return out
 
 
-def _fusefs_observations(node: ColdNode) -> tuple[list[dict], dict[str, float]]:
-    """Access-log records and metrics of the node's fusefs daemons (flushed now)."""
+def _fusefs_observations(node: ColdNode) -> tuple[list[dict], dict[str, float], float | None]:
+    """Access-log records, metrics and mount_seconds (/state) of the node's fusefs daemons."""
     from fusefs.control import query
 
     records: list[dict] = []
     metrics: dict[str, float] = {}
+    mount_seconds = None
     for d in node.daemon_dirs():
         sock = d / "control.sock"
         if not sock.exists():
@@ -108,22 +110,27 @@ def _fusefs_observations(node: ColdNode) -> tuple[list[dict], dict[str, float]]:
         if status == 200:
             for k, v in _metrics(body.decode(errors="replace")).items():
                 metrics[k] = metrics.get(k, 0.0) + v
+        status, body = query(str(sock), "/state", timeout=30)
+        if status == 200:
+            mount_seconds = json.loads(body).get("mount_seconds")
         log = d / "access.jsonl"
         if log.exists():
             records += read_access_log(log)
-    return records, metrics
+    return records, metrics, mount_seconds
 
 
 def run_once(target: Target, mode: str, rep: int, proxy: ShapingProxy, client: RegistryClient,
-             drop: bool = True, access_log_out: Path | None = None) -> dict:
+             drop: bool = True, access_log_out: Path | None = None, mount_on_pull: bool = True) -> dict:
     """Runs `target` in `mode` from a cold node; returns the run's measurements (no metadata).
 
     access_log_out: where to keep the fusefs access log (JSON lines) of a lazy run, e.g.
-    to make a prefetch list from it.
+    to make a prefetch list from it. mount_on_pull: the snapshotter's option of that name
+    (start the fusefs daemon when the top layer is pulled, not at the container's Prepare).
     """
     w = target.workload
     ref = f"{proxy.host}/{target.repo}:{TAGS[mode]}"
-    node = ColdNode([proxy.host], snapshotter=mode in LAZY_MODES, prefetch=mode == "imgfs-prefetch")
+    node = ColdNode([proxy.host], snapshotter=mode in LAZY_MODES, prefetch=mode == "imgfs-prefetch",
+                    mount_on_pull=mount_on_pull)
     node.start()
     cid = f"imgbench-{w.name}-{rep}"
     proc = None
@@ -133,14 +140,14 @@ def run_once(target: Target, mode: str, rep: int, proxy: ShapingProxy, client: R
             warm(target.blob_files[TAGS[mode]])
         proxy.reset_counters()
         load = os.getloadavg()           # the machine may be shared: keep its load with the numbers
-        t0 = time.monotonic()
+        t0, w0 = time.monotonic(), time.time()
         if mode == "oci":
             run_cmd(node.ctr_argv("ctr", "images", "pull", "--plain-http", "--snapshotter", "overlayfs", ref),
                     "ctr images pull")
         else:
             run_cmd(node.ctr_argv("ctr-remote", "image", "rpull", "--plain-http", "--snapshotter", "imgfs",
                                   ref), "ctr-remote image rpull")
-        t_pull = time.monotonic()
+        t_pull, w_pull = time.monotonic(), time.time()
         pulled = proxy.statistics()
         snapshotter = "overlayfs" if mode == "oci" else "imgfs"
         proc = subprocess.Popen(node.ctr_argv("ctr", "run", "--snapshotter", snapshotter, ref, cid,
@@ -160,7 +167,14 @@ def run_once(target: Target, mode: str, rep: int, proxy: ShapingProxy, client: R
             proc.wait(120)               # the workload exits after the marker
         except subprocess.TimeoutExpired:
             pass                         # killed below; its reads after the marker may count
-        records, metrics = _fusefs_observations(node) if mode in LAZY_MODES else ([], {})
+        records, metrics, mount_s = _fusefs_observations(node) if mode in LAZY_MODES else ([], {}, None)
+        parts = None
+        if mode in LAZY_MODES:
+            w_ready = w_pull + (t_ready - t_pull)
+            parts = breakdown(wall_start=w0, wall_pulled=w_pull, wall_ready=w_ready,
+                              timing=daemon_timing(node.daemon_dirs()), mount_seconds=mount_s,
+                              first_access=min((r["first_access"] for r in records), default=None),
+                              read_latency_sum=metrics.get("imgfs_read_latency_seconds_sum"))
         end = proxy.statistics()         # after the daemons' counters: covers every byte they got
         if access_log_out is not None and records:
             access_log_out.parent.mkdir(parents=True, exist_ok=True)
@@ -179,6 +193,7 @@ def run_once(target: Target, mode: str, rep: int, proxy: ShapingProxy, client: R
             "containerd_cpu_seconds": ctd.cpu_seconds if ctd else None,
             "working_set": asdict(ws) if ws else None,
             "fusefs_metrics": metrics or None,
+            "breakdown": parts, "mount_on_pull": mount_on_pull if mode in LAZY_MODES else None,
             "output": output,
             "page_cache_dropped": drop,
             "loadavg_at_start": list(load),

@@ -72,6 +72,13 @@ WORKLOADS: dict[str, Workload] = {w.name: w for w in (
              " >/tmp/redis.log 2>&1 &) && i=0 && until redis-cli -s /tmp/redis.sock ping 2>/dev/null"
              " | grep -q PONG; do i=$((i+1)); [ $i -lt 20000 ] || exit 1; sleep 0.01; done && echo PONG",
              "redis-server: accepting connections (PING answered)"),
+    Workload("pydata", ("python3", "python3-numpy", "python3-scipy", "python3-pandas", "python3-matplotlib",
+                        "python3-sklearn", "python3-skimage", "python3-sympy", "python3-statsmodels",
+                        "python3-numba", "python3-h5py", "python3-astropy", "ipython3"),
+             "python3 -c 'import numpy, scipy, scipy.linalg, pandas, matplotlib;"
+             " print(\"pydata\", numpy.__version__, scipy.__version__, pandas.__version__,"
+             " matplotlib.__version__, pandas.Series(numpy.arange(6)).sum())'",
+             "the Python data stack (>300 MB): import numpy, scipy, pandas, matplotlib and print"),
 )}
 
 

@@ -53,7 +53,7 @@ def test_one_json_per_run_with_metadata(results: Path) -> None:
         assert (r["image"], r["mode"], r["rep"]) == ("tiny", mode, 1)
         assert r["parameters"] == {"images": ["tiny"], "modes": ["oci", "imgfs", "estargz"],
                                    "bandwidth_bytes_per_s": BANDWIDTH, "rtt_s": RTT, "repeat": 1,
-                                   "page_cache_dropped": False}
+                                   "page_cache_dropped": False, "mount_on_pull": True}
         assert r["machine"]["cores"] >= 1 and r["machine"]["memory_bytes"] > 0
         assert r["versions"]["containerd"] and r["versions"]["imgfs_commit"]
         assert r["output"] == ["tiny says hi"] and READY_MARKER not in r["output"]
@@ -103,6 +103,21 @@ def test_lazy_run_fetches_its_working_set(results: Path) -> None:
     assert sum(end - start for e in plist for start, end in e["ranges"]) == ws["bytes_read"]
 
 
+def test_lazy_breakdown_adds_up(results: Path) -> None:
+    r = _run(results, "imgfs")
+    b = r["breakdown"]
+    assert r["mount_on_pull"] is True and b["daemon_started_at"] == "pull"    # the snapshotter's option
+    assert b["rpull_s"] == pytest.approx(r["pull_s"], abs=0.01)
+    assert 0 < b["daemon_mount_s"] < b["daemon_start_s"]
+    assert b["daemon_interpreter_s"] == pytest.approx(b["daemon_start_s"] - b["daemon_mount_s"])
+    assert 0 <= b["daemon_on_path_s"] <= b["daemon_start_s"]
+    assert b["to_first_access_s"] >= 0 and b["workload_s"] > 0 and b["fetch_wait_s"] > 0
+    # the parts after the pull cover run-to-ready (up to the 10 ms poll of the daemon's readiness)
+    parts = b["daemon_on_path_s"] + b["to_first_access_s"] + b["workload_s"]
+    assert parts == pytest.approx(r["ready_s"], abs=0.05)
+    assert _run(results, "oci").get("breakdown") is None
+
+
 def test_report_table_and_plots(results: Path) -> None:
     md, plots = report(results)
     assert (results / "results.md").read_text() == md
@@ -131,7 +146,7 @@ def test_cli_report_and_usage_errors(results: Path, capsys) -> None:
 
 def test_workloads_and_helpers() -> None:
     assert [w.name for w in select(["node", "python"])] == ["node", "python"]
-    assert set(WORKLOADS) >= {"python", "node", "gcc", "jvm", "server"}
+    assert set(WORKLOADS) >= {"python", "node", "gcc", "jvm", "server", "pydata"}
     with pytest.raises(ValueError, match="unknown image"):
         select(["python", "cobol"])
     argv = WORKLOADS["python"].command()
