@@ -6,9 +6,8 @@ touch other modules' repositories. Tests run in file order; the GC test is last 
 from __future__ import annotations
 
 import json
-import os
 import re
-from pathlib import Path
+import time
 
 import pytest
 
@@ -98,26 +97,48 @@ def _fetched(r, repo: str, start: int) -> list[tuple[str, int]]:
     return [(m.group(2), int(m.group(4))) for ln in lines if (m := _GET.search(ln)) and m.group(1) == repo]
 
 
-def _read_all(root: Path) -> int:
-    n = 0
-    for dp, _dn, fn in os.walk(root):
-        for f in fn:
-            p = os.path.join(dp, f)
-            if os.path.isfile(p) and not os.path.islink(p):
-                with open(p, "rb") as fh:
-                    while chunk := fh.read(1 << 20):
-                        n += len(chunk)
-    return n
+def _header_frame_bytes(image: str, old_blobs: set[str]) -> int:
+    """Bytes of the frames that are not chunks (tar headers) in the image's blobs not in old_blobs."""
+    from converter.image import open_image
+    from converter.imgview import load_layers
+    from imgformat.footer import FOOTER_SIZE
+
+    img = open_image(image, None, plain_http=True)
+    try:
+        total = 0
+        for la in load_layers(img):
+            if la.layer.digest in old_blobs:
+                continue
+            bs = la.bootstrap
+            own = sum(c.comp_size for c in map(bs.chunk, range(bs.chunk_count)) if c.blob_index == 0)
+            total += la.layer.size - la.size - FOOTER_SIZE - own
+        return total
+    finally:
+        img.close()
+
+
+def _prefetched_all(m, timeout: float = 180) -> None:
+    """Wait until the mount's background prefetch of every chunk is done (generous: loaded CI)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and m.state()["prefetch"]["phase"] != "done":
+        time.sleep(0.2)
+    state = m.state()["prefetch"]
+    assert state["phase"] == "done" and state["failed"] == 0, state
 
 
 def test_v2_after_v1_on_one_node_fetches_only_new_chunks(reg, images, mount_image, tmp_path):
+    """v1 ran on the node (its chunks are cached: --prefetch-all fetches every one). Then v2 fetches
+    *everything* it has (--prefetch-all, the upper bound of any start) plus on-demand reads of new
+    and old files: the registry sees v2's bootstraps and its new chunks, nothing else."""
     r, _ = reg
     cache = tmp_path / "node-cache"
-    m1 = mount_image(f"docker://{r.host}/dd/v1:latest", "--no-prefetch", cache_dir=cache, name="v1")
-    _read_all(m1.mountpoint)
+    m1 = mount_image(f"docker://{r.host}/dd/v1:latest", "--prefetch-all", cache_dir=cache, name="v1")
+    _prefetched_all(m1)
     start = len(r.log.read_text(errors="replace").splitlines())
-    m2 = mount_image(f"docker://{r.host}/dd/v2:latest", "--no-prefetch", cache_dir=cache, name="v2")
-    assert _read_all(m2.mountpoint) > 100_000_000
+    m2 = mount_image(f"docker://{r.host}/dd/v2:latest", "--prefetch-all", cache_dir=cache, name="v2")
+    assert (m2.mountpoint / "usr/bin/nano").read_bytes()[:4] == b"\x7fELF"   # new in v2, on demand
+    assert (m2.mountpoint / "usr/bin/file").read_bytes()[:4] == b"\x7fELF"   # in v1's blobs
+    _prefetched_all(m2)
     fetched = sum(n for _d, n in _fetched(r, "dd/v2", start))     # before inspect reads bootstraps
     c = _client(r)
     boots = sum(int(d["annotations"]["containerd.io/snapshot/imgfs.bootstrap.size"])
@@ -126,7 +147,11 @@ def test_v2_after_v1_on_one_node_fetches_only_new_chunks(reg, images, mount_imag
                 f"docker://{r.host}/dd/v1:latest", f"docker://{r.host}/dd/v2:latest", check=True)
     new_chunks = next(x for x in json.loads(p.stdout)["pairs"]
                       if x["b"].endswith("dd/v2:latest"))["new_chunk_bytes_compressed"]
-    assert fetched <= new_chunks + boots, f"v2 fetched {fetched} bytes; new chunks {new_chunks} + bootstraps {boots}"
+    # the fetcher may bridge the small header-only frames between two chunks of v2's new blob
+    # (cheaper than another round trip); those are the only other bytes it may move
+    headers = _header_frame_bytes(f"docker://{r.host}/dd/v2:latest", set(_blobs(c, "dd/v1", "latest")))
+    assert new_chunks <= fetched <= new_chunks + boots + headers, \
+        f"v2 fetched {fetched} bytes; new chunks {new_chunks}, bootstraps {boots}, header frames {headers}"
     # the node stores shared chunks once: logical (per image) exceeds stored by about v1's size
     from tests.fusefs.conftest import run_imgfs
     s = run_imgfs("cache", "stats", "--cache-dir", str(cache), "--plain-http",
