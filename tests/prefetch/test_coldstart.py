@@ -123,5 +123,7 @@ def test_cold_start_with_the_workload_racing_the_prefetch(registry, pushed, pref
         with mounted(image, tmp_path) as m:
             assert run_workload(m.mountpoint, tmp_path).strip() == READY
             gets = data_gets(proxy, boot)
-            assert all(n <= 4 for n in gets.values()), gets
+            # measured: one per layer; the bound leaves room for a loaded machine where the
+            # first reads start before the prefetch claims its chunks (lazy alone: dozens)
+            assert all(n <= 6 for n in gets.values()), gets
             wait_prefetch_done(m)
