@@ -74,7 +74,6 @@ class FileReader:
             return b""
         size = min(size, file_size - offset)
         parts = self._refs(ino, offset, size)
-        self.fetcher.note_read(ref.digest for ref, _ in parts)      # prefetch hit accounting
         # pinned before fetching: a chunk a read waits for is never evicted under it
         with self.store.pinned({ref.digest for ref, _ in parts}):
             missing = [ref for ref, _ in parts if not self.store.contains(ref.digest)]
@@ -95,6 +94,9 @@ class FileReader:
                 else:
                     out = self._assemble(parts, offset, size)
                 if out is not None:
+                    # prefetch hit accounting, once the read is served (a read that waited
+                    # for a prefetch request in flight counts too)
+                    self.fetcher.note_read(ref.digest for ref, _ in parts)
                     return out
                 if attempt == 0:
                     await self.fetcher.ensure([ref for ref, _ in parts])
