@@ -13,8 +13,10 @@ ANNOTATION_BOOTSTRAP_SIZE = "containerd.io/snapshot/imgfs.bootstrap.size"
 ANNOTATION_VERSION = "containerd.io/snapshot/imgfs.version"
 ANNOTATION_UNCOMPRESSED = "containerd.io/snapshot/imgfs.uncompressed-digest"
 # Chunk dedup: comma-separated digests of other blobs this layer's chunks point into. Its presence
-# also says: this blob alone is not a complete tar+zstd layer (docs/format.md section 5).
-ANNOTATION_EXTERNAL_BLOBS = "containerd.io/snapshot/imgfs.external-blobs"
+# also says: this blob alone is not a complete tar+zstd layer (docs/format.md section 5). Not under
+# containerd.io/snapshot/ on purpose: containerd would copy it into a snapshot label, and labels
+# are limited to 4096 bytes (57 digests); readers take the blobs from the bootstrap anyway.
+ANNOTATION_EXTERNAL_BLOBS = "io.imgfs.external-blobs"
 # The diff_id of the source layer this blob was converted from (provenance; lets a chunk dictionary
 # reuse a whole converted layer when a later image has the same source layer).
 ANNOTATION_SOURCE_DIFF_ID = "containerd.io/snapshot/imgfs.source-diff-id"
