@@ -220,7 +220,8 @@ class Fetcher:
         self._pf_unread: dict[bytes, int] = {}     # prefetched, not read yet: digest -> compressed size
         self._errors = self._corrupt = 0
 
-    async def ensure(self, refs: Iterable[ChunkRef], *, prefetch: bool = False) -> None:
+    async def ensure(self, refs: Iterable[ChunkRef], *, prefetch: bool = False,
+                     max_request: int | None = None) -> None:
         """Return once every chunk in ``refs`` is in the store.
 
         Raises ``ChunkCorrupted`` or ``FetchError`` if any of them could not be brought
@@ -228,6 +229,8 @@ class Fetcher:
         call was fetching are released with an error and may retry.
 
         ``prefetch=True``: background priority (see ``_ensure_prefetch``).
+        ``max_request``: this call's cap on one request (the reader's sequential
+        read-ahead asks for larger ones than a random read's default).
         """
         if prefetch:
             await self._ensure_prefetch(refs)
@@ -244,7 +247,8 @@ class Fetcher:
                     waits.append(self._claim(ref))
                     mine.append(ref)
             if mine:
-                plans = plan_requests(mine, gap_bytes=self.gap_bytes, max_request=self.max_request)
+                plans = plan_requests(mine, gap_bytes=self.gap_bytes,
+                                      max_request=max_request or self.max_request)
                 async with trio.open_nursery() as nursery:
                     for batch in batch_requests(plans, self._slots[False]):
                         nursery.start_soon(self._run, batch, False)
