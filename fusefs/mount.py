@@ -123,9 +123,13 @@ async def load_image(cfg: MountConfig) -> tuple[list[LayerRef], Any, list[Any], 
         except Exception as exc:  # registry errors
             raise SourceError(f"layer {i} ({layers[i].digest}): bootstrap fetch failed: {exc}") from exc
 
-    async with trio.open_nursery() as nursery:
-        for i in range(len(layers)):
-            nursery.start_soon(one, i)
+    try:
+        async with trio.open_nursery() as nursery:
+            for i in range(len(layers)):
+                nursery.start_soon(one, i)
+    except BaseExceptionGroup as group:  # one clear error (exit 3 or 4), not "ExceptionGroup"
+        first = _first_leaf(group)
+        raise first from first.__cause__
     try:
         if len(bootstraps) == 1:
             view = SingleLayerView(bootstraps[0], layers[0].digest)
@@ -136,6 +140,21 @@ async def load_image(cfg: MountConfig) -> tuple[list[LayerRef], Any, list[Any], 
     except ImgFormatError as exc:
         raise ImageError(f"cannot merge the layers: {exc}") from exc
     return layers, source, bootstraps, view
+
+
+def _first_leaf(group: BaseExceptionGroup) -> BaseException:
+    """The first non-group exception (an ImageError before a SourceError if both occur)."""
+    leaves: list[BaseException] = []
+
+    def collect(e: BaseException) -> None:
+        if isinstance(e, BaseExceptionGroup):
+            for sub in e.exceptions:
+                collect(sub)
+        else:
+            leaves.append(e)
+
+    collect(group)
+    return next((e for e in leaves if isinstance(e, ImageError)), leaves[0])
 
 
 def _touch_root(mountpoint: str) -> None:

@@ -9,6 +9,7 @@ them, costing one extra round trip).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import threading
@@ -161,6 +162,9 @@ def _open_oci(rest: str) -> tuple[list[LayerRef], Any, str]:
     src = OciDirSource(root)
     digest = manifests[0]["digest"]
     data = src.get_range(digest, 0, src.size(digest))
+    got = "sha256:" + hashlib.sha256(data).hexdigest()
+    if got != digest:  # a layout is content-addressed: a manifest that lies about itself is bad input
+        raise ImageError(f"oci:{rest}: manifest {digest} does not match its content ({got})")
     try:
         manifest = json.loads(data)
     except ValueError as exc:
