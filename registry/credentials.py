@@ -118,11 +118,20 @@ def docker_credential_source(registry: str, path: str | os.PathLike | None = Non
     """
     p = Path(path) if path is not None else default_docker_config()
     try:
-        text = p.read_text()
+        with open(p) as f:
+            mode = os.fstat(f.fileno()).st_mode
+            text = f.read()
     except FileNotFoundError:
         return lambda: None
     except OSError as e:
         raise CredentialsError(f"cannot read docker config {p}: {e.strerror}") from None
+    if mode & 0o022:
+        # whoever can write it can name a credential helper, i.e. a program we would run
+        raise CredentialsError(f"docker config {p} is writable by other users (mode {mode & 0o777:04o}); "
+                               f"refusing to use it: chmod 600 {p}")
+    if mode & 0o004 and '"auth' in text:
+        log.warning("docker config %s holds credentials and is readable by every user (mode %04o): "
+                    "chmod 600 it", p, mode & 0o777)
     try:
         cfg = json.loads(text)
     except ValueError:
