@@ -157,6 +157,16 @@ def _first_leaf(group: BaseExceptionGroup) -> BaseException:
     return next((e for e in leaves if isinstance(e, ImageError)), leaves[0])
 
 
+def private_dir(path: str) -> None:
+    """Create the cache dir 0700, or take group/other access away from an existing one: its
+    chunks are the file data of images that may be private to this node's users."""
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    mode = os.stat(path).st_mode & 0o777
+    if mode & 0o077:
+        log.warning("cache dir %s was mode %04o: now 0700", path, mode)
+        os.chmod(path, mode & 0o700)
+
+
 def _touch_root(mountpoint: str) -> None:
     fd = os.open(mountpoint, os.O_RDONLY | os.O_DIRECTORY)
     os.close(fd)
@@ -191,6 +201,7 @@ async def run_mount(cfg: MountConfig, on_ready: Callable[[], None] = lambda: Non
     """
     t0 = time.monotonic()
     layers, source, bootstraps, view = await load_image(cfg)
+    await trio.to_thread.run_sync(private_dir, cfg.cache_dir)
     store = await trio.to_thread.run_sync(ChunkStore, cfg.cache_dir, cfg.cache_size)
     from imgformat.chunk import decode_chunk
 
