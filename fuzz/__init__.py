@@ -1,0 +1,1 @@
+"""Fuzz targets for the two readers that parse untrusted bytes (see docs/reliability.md)."""
