@@ -34,6 +34,8 @@ from typing import Any, Protocol
 
 import trio
 
+from fusefs.fresh import FreshChunks
+
 log = logging.getLogger(__name__)
 
 #: 100 Mbit/s * 20 ms = 250 KB: below this a gap is cheaper to download than to skip.
@@ -219,6 +221,8 @@ class Fetcher:
         self._pf_chunks = self._pf_hits = self._pf_hit_bytes = 0
         self._pf_unread: dict[bytes, int] = {}     # prefetched, not read yet: digest -> compressed size
         self._errors = self._corrupt = 0
+        #: verified chunks just stored, handed to the reads waiting for them (fusefs.fresh)
+        self.fresh = FreshChunks()
 
     async def ensure(self, refs: Iterable[ChunkRef], *, prefetch: bool = False,
                      max_request: int | None = None) -> None:
@@ -381,6 +385,7 @@ class Fetcher:
                       ref.info.comp_size, exc)
             return ChunkCorrupted(f"chunk {ref.digest.hex()} of blob {blob} failed verification")
         self.store.put(ref.digest, raw)
+        self.fresh.add(ref.digest, raw)
         self._chunks += 1
         return None
 

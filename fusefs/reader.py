@@ -239,6 +239,13 @@ class FileReader:
         except Exception:  # a background task must not take the mount down
             log.exception("background read-ahead failed")
 
+    def _chunk_bytes(self, ref: ChunkRef, seg: Any) -> bytes | None:
+        """A segment's bytes: from a chunk just fetched (in memory) or from the store."""
+        data = self.fetcher.fresh.take(ref.digest, seg.offset_in_chunk, seg.length)
+        if data is None:
+            data = self.store.read(ref.digest, seg.offset_in_chunk, seg.length)
+        return data
+
     def _assemble(self, parts: list[tuple[ChunkRef, Any]], offset: int, size: int) -> bytes | None:
         """Copy each segment out of the store; None if a chunk is (no longer) there.
 
@@ -247,11 +254,11 @@ class FileReader:
         if len(parts) == 1:
             ref, seg = parts[0]
             if seg.file_offset == offset and seg.length == size:
-                data = self.store.read(ref.digest, seg.offset_in_chunk, seg.length)
+                data = self._chunk_bytes(ref, seg)
                 return data if data is not None and len(data) == size else None
         buf = bytearray(size)
         for ref, seg in parts:
-            data = self.store.read(ref.digest, seg.offset_in_chunk, seg.length)
+            data = self._chunk_bytes(ref, seg)
             if data is None or len(data) != seg.length:
                 return None
             pos = seg.file_offset - offset
