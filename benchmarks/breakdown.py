@@ -73,6 +73,9 @@ def breakdown_table(runs: list[dict]) -> str:
     import statistics
 
     groups: dict[tuple[str, str], list[dict]] = {}
+    order = next((r["parameters"].get("images") for r in runs if r.get("parameters")), None) or []
+    runs = sorted(runs, key=lambda r: (order.index(r["image"]) if r["image"] in order else len(order),
+                                       r["image"], r["mode"]))
     for r in runs:
         if r.get("ok") and r.get("breakdown"):
             groups.setdefault((r["image"], r["mode"]), []).append(r)
