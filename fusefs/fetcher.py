@@ -356,7 +356,8 @@ class Fetcher:
         for plan, data in zip(batch, datas):
             view = memoryview(data)
             for ref in plan.chunks:
-                out[ref.digest] = err = self._accept(blob, ref, view[ref.info.comp_offset - plan.start:])
+                out[ref.digest] = err = self._accept(blob, ref, view[ref.info.comp_offset - plan.start:],
+                                                     hand_over=not prefetch)
                 if prefetch and err is None:
                     self._pf_unread[ref.digest] = ref.info.comp_size
                     self._pf_chunks += 1
@@ -373,7 +374,8 @@ class Fetcher:
                 self._pf_hits += 1
                 self._pf_hit_bytes += size
 
-    def _accept(self, blob: str, ref: ChunkRef, frame_view: memoryview) -> FetchError | None:
+    def _accept(self, blob: str, ref: ChunkRef, frame_view: memoryview,
+                hand_over: bool = True) -> FetchError | None:
         """Verify one fetched chunk and store it; never stores a chunk that fails."""
         frame = frame_view[:ref.info.comp_size]      # no copy: zstd and hashlib take buffers
         try:
@@ -385,7 +387,8 @@ class Fetcher:
                       ref.info.comp_size, exc)
             return ChunkCorrupted(f"chunk {ref.digest.hex()} of blob {blob} failed verification")
         self.store.put(ref.digest, raw)
-        self.fresh.add(ref.digest, raw)
+        if hand_over:       # on-demand: a read is about to want it (prefetch: maybe much later)
+            self.fresh.add(ref.digest, raw)
         self._chunks += 1
         return None
 
