@@ -61,9 +61,9 @@ def start_registry(workdir: Path, port: int | None = None) -> Registry:
     cfg.write_text(
         "version: 0.1\n"
         "log:\n  level: info\n  accesslog:\n    disabled: false\n"
-        "storage:\n  filesystem:\n    rootdirectory: %s\n  delete:\n    enabled: true\n"
+        f"storage:\n  filesystem:\n    rootdirectory: {storage}\n  delete:\n    enabled: true\n"
         "  cache:\n    blobdescriptor: inmemory\n"
-        "http:\n  addr: 127.0.0.1:%d\n" % (storage, port)
+        f"http:\n  addr: 127.0.0.1:{port}\n"
     )
     log = workdir / "registry.log"
     with open(log, "ab") as lf:
