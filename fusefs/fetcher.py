@@ -24,6 +24,19 @@ Algorithm (after stargz-snapshotter's blob fetcher and nydus's merging cache):
    the store. A mismatch fails that chunk only (``ChunkCorrupted`` -> EIO at the FUSE
    edge), is logged with blob and chunk, and nothing is stored; the next read tries
    again.
+6. Streamed prefetch (issue 6): a prefetch range of at least ``STREAM_MIN`` bytes is one
+   request of up to ``stream_request`` bytes whose body is read as it arrives (the
+   source's ``open_range``); each chunk is verified, stored and its waiters woken as
+   soon as its own compressed bytes are in, so a read of the range's first chunk waits
+   for that chunk, not for the whole range (a 16 MB range at 100 Mbit/s is 1.3 s).
+   An on-demand read of a chunk the stream has not reached waits for the stream only
+   when the stream is at most ``gap_bytes`` (bandwidth * rtt) before it; further
+   behind, a request of its own arrives sooner, so the read takes the chunk over
+   ("steals" it; the stream then skips decoding it if it is stored by then). A stream
+   that breaks releases its unreceived chunks with ``StreamCut``, and the on-demand
+   reads waiting for them fetch them themselves (once) instead of failing. Small
+   ranges keep sharing multi-range requests: for them round trips matter more than
+   arrival order.
 """
 from __future__ import annotations
 
@@ -46,6 +59,14 @@ DEFAULT_MAX_REQUEST = 4 * 1024 * 1024
 DEFAULT_MAX_INFLIGHT = 8
 #: Concurrent prefetch requests; prefetch never takes the on-demand slots.
 DEFAULT_PREFETCH_SLOTS = 2
+#: Prefetch ranges at least this big are streamed (chunks usable as they arrive).
+STREAM_MIN = 1 << 20
+#: Upper bound of one streamed prefetch range. Streaming removes the reason for the 4 MiB
+#: cap (no read waits for a whole body), so a contiguous working set is one request.
+DEFAULT_STREAM_REQUEST = 32 << 20
+#: Bytes read from a streamed body per step: the granularity at which the stream's
+#: position (what on-demand reads compare their chunk's offset to) advances.
+STREAM_PIECE = 64 << 10
 
 
 def gap_for_link(bandwidth_bits: float, rtt_seconds: float) -> int:
@@ -61,6 +82,10 @@ class ChunkCorrupted(FetchError):
     """A fetched chunk failed verification. EIO; never stored, never served."""
 
 
+class StreamCut(FetchError):
+    """A prefetch stream broke before this chunk arrived; a reader fetches it on demand."""
+
+
 class BlobSource(Protocol):
     """Where blobs come from (a registry repository or an OCI layout dir). Thread-safe."""
 
@@ -71,6 +96,30 @@ class BlobSource(Protocol):
     def get_ranges(self, blob: str, ranges: list[tuple[int, int]]) -> list[bytes]:
         """Bytes of each ``[start, end)``, in one request where the source can."""
         ...
+
+
+class RangeBodyLike(Protocol):
+    """An open range response (``registry.rangefetch.RangeBody``): exact reads or raise."""
+
+    def read(self, n: int) -> bytes: ...
+    def close(self) -> None: ...
+
+
+def range_opener(source: Any) -> Callable[[str, int, int], RangeBodyLike] | None:
+    """``open(blob, start, end)`` for sources that can stream a range, else None.
+
+    A source may offer ``open_range(blob, start, end)`` itself; fusefs's
+    ``RegistrySource`` (not this package's to change here) exposes its thread-safe
+    ``client`` and ``repository``, whose ``open_range`` is used. Local sources (an OCI
+    layout dir) have no round trips to hide and are read whole.
+    """
+    own = getattr(source, "open_range", None)
+    if callable(own):
+        return own
+    client, repo = getattr(source, "client", None), getattr(source, "repository", None)
+    if isinstance(repo, str) and callable(getattr(client, "open_range", None)):
+        return lambda blob, start, end: client.open_range(repo, blob, start, end)
+    return None
 
 
 class ChunkStoreLike(Protocol):
@@ -157,22 +206,53 @@ def _unique(refs: Iterable[ChunkRef]) -> list[ChunkRef]:
     return out
 
 
-async def _wait_all(flights: list[_Flight]) -> None:
-    """Wait for the flights; raise the first error (a verification failure first)."""
-    for fl in flights:
-        await fl.done.wait()
-    errors = [fl.error for fl in flights if fl.error is not None]
+def _raise_first(errors: list[FetchError]) -> None:
+    """Raise the first error (a verification failure first), if any."""
     if errors:
         corrupt = [e for e in errors if isinstance(e, ChunkCorrupted)]
         raise (corrupt or errors)[0]
 
 
+async def _wait_all(flights: list[_Flight]) -> None:
+    """Wait for the flights; raise the first error (a verification failure first)."""
+    for fl in flights:
+        await fl.wait()
+    _raise_first([fl.error for fl in flights if fl.error is not None])
+
+
+@dataclass
+class _Stream:
+    """A streamed prefetch range; ``position`` (absolute blob offset of the bytes received
+    so far) is advanced by the worker thread and read by the event loop."""
+
+    blob: str
+    start: int
+    end: int
+    position: int
+
+
 @dataclass
 class _Flight:
-    """A chunk being fetched; waiters block on ``done``; ``error`` is set on failure."""
+    """A chunk being fetched; waiters block on ``done``; ``error`` is set on failure.
+
+    ``stream``: the streamed prefetch range bringing it (None: a whole-body request).
+    ``replaces``: the stream flight an on-demand read took this chunk over from; it is
+    released too when this one succeeds (its waiters need not wait for the stream).
+    """
 
     done: trio.Event = field(default_factory=trio.Event)
     error: FetchError | None = None
+    prefetch: bool = False
+    stream: _Stream | None = None
+    replaces: _Flight | None = None
+    waiters: int = 0
+
+    async def wait(self) -> None:
+        self.waiters += 1
+        try:
+            await self.done.wait()
+        finally:
+            self.waiters -= 1
 
 
 @dataclass(frozen=True)
@@ -188,6 +268,9 @@ class FetcherStats:
     prefetch_chunks: int = 0       # chunks stored by prefetch requests
     prefetch_hits: int = 0         # ... of which a read asked for later
     prefetch_hit_bytes: int = 0    # compressed bytes of those hits
+    prefetch_streams: int = 0      # prefetch requests streamed (chunks used as they arrived)
+    stream_steals: int = 0         # chunks of a stream fetched on demand (stream too far behind)
+    stream_cuts: int = 0           # streams that broke mid-body
 
     @property
     def prefetch_wasted_bytes(self) -> int:
@@ -202,6 +285,7 @@ class Fetcher:
                  decode: Callable[[bytes | memoryview, Any], bytes], *,
                  gap_bytes: int = DEFAULT_GAP_BYTES, max_request: int = DEFAULT_MAX_REQUEST,
                  max_inflight: int = DEFAULT_MAX_INFLIGHT, prefetch_slots: int = DEFAULT_PREFETCH_SLOTS,
+                 stream_request: int = DEFAULT_STREAM_REQUEST,
                  on_request: Callable[[str, int, bool], None] | None = None) -> None:
         self.source = source
         self.store = store
@@ -212,6 +296,9 @@ class Fetcher:
         self._prefetch_limiter = trio.CapacityLimiter(prefetch_slots)
         self._slots = {False: max_inflight, True: prefetch_slots}
         self._on_request = on_request
+        self.stream_request = max(stream_request, max_request)
+        self._open_range = range_opener(source)
+        self._streams = self._steals = self._cuts = 0
         self._inflight: dict[bytes, _Flight] = {}
         self._busy = 0                  # on-demand ensure() calls in progress
         self._idle = trio.Event()       # set while _busy == 0
@@ -241,24 +328,55 @@ class Fetcher:
             return
         self._enter_busy()
         try:
-            mine: list[ChunkRef] = []
-            waits: list[_Flight] = []
-            for ref in _unique(refs):
-                fl = self._inflight.get(ref.digest)
-                if fl is not None:
-                    waits.append(fl)
-                elif not self.store.contains(ref.digest):
-                    waits.append(self._claim(ref))
-                    mine.append(ref)
-            if mine:
-                plans = plan_requests(mine, gap_bytes=self.gap_bytes,
-                                      max_request=max_request or self.max_request)
-                async with trio.open_nursery() as nursery:
-                    for batch in batch_requests(plans, self._slots[False]):
-                        nursery.start_soon(self._run, batch, False)
-            await _wait_all(waits)
+            todo = _unique(refs)
+            for attempt in (0, 1):
+                waits = await self._fetch_or_wait(todo, max_request)
+                failed = [(ref, fl) for ref, fl in waits if fl.error is not None]
+                # a prefetch that failed under us (a stream cut, a request that gave up):
+                # fetch those chunks ourselves, once; corruption stays an error (EIO)
+                retry = [ref for ref, fl in failed
+                         if fl.prefetch and not isinstance(fl.error, ChunkCorrupted)]
+                if not failed or attempt == 1 or len(retry) < len(failed):
+                    _raise_first([fl.error for _, fl in failed])
+                    return
+                log.info("%d chunks of a failed prefetch: fetching them on demand", len(retry))
+                todo = retry
         finally:
             self._leave_busy()
+
+    async def _fetch_or_wait(self, refs: list[ChunkRef], max_request: int | None) -> list[tuple[ChunkRef, _Flight]]:
+        """Fetch the chunks nobody is fetching, wait for the others; return every flight."""
+        mine: list[ChunkRef] = []
+        waits: list[tuple[ChunkRef, _Flight]] = []
+        for ref in refs:
+            fl = self._inflight.get(ref.digest)
+            if fl is not None and self._too_far(fl, ref):
+                # the stream is far behind: our own request brings it sooner
+                del self._inflight[ref.digest]
+                new = self._claim(ref)
+                new.replaces = fl
+                self._steals += 1
+                waits.append((ref, new))
+                mine.append(ref)
+            elif fl is not None:
+                waits.append((ref, fl))
+            elif not self.store.contains(ref.digest):
+                waits.append((ref, self._claim(ref)))
+                mine.append(ref)
+        if mine:
+            plans = plan_requests(mine, gap_bytes=self.gap_bytes,
+                                  max_request=max_request or self.max_request)
+            async with trio.open_nursery() as nursery:
+                for batch in batch_requests(plans, self._slots[False]):
+                    nursery.start_soon(self._run, batch, False)
+        for _, fl in waits:
+            await fl.wait()
+        return waits
+
+    def _too_far(self, fl: _Flight, ref: ChunkRef) -> bool:
+        """Is this chunk's stream more than a round trip's worth of bytes before it?"""
+        st = fl.stream
+        return st is not None and ref.info.comp_offset - st.position > self.gap_bytes
 
     async def _ensure_prefetch(self, refs: Iterable[ChunkRef]) -> None:
         """Fetch at background priority: each request starts only while no on-demand read
@@ -267,7 +385,8 @@ class Fetcher:
         to finish (priority inversion); until a prefetch request starts, a read simply
         fetches the chunk itself, and the prefetch request then skips it."""
         wanted = [r for r in _unique(refs) if not self.store.contains(r.digest)]
-        plans = plan_requests(wanted, gap_bytes=self.gap_bytes, max_request=self.max_request)
+        cap = self.stream_request if self._open_range is not None else self.max_request
+        plans = plan_requests(wanted, gap_bytes=self.gap_bytes, max_request=cap)
         flights: list[_Flight] = []
 
         async def one(batch: list[RangeRequest]) -> None:
@@ -278,20 +397,54 @@ class Fetcher:
                         if ref.digest not in self._inflight and not self.store.contains(ref.digest)]
                 if not todo:
                     return
-                flights.extend(self._claim(ref) for ref in todo)
-                replanned = plan_requests(todo, gap_bytes=self.gap_bytes, max_request=self.max_request)
-                for group in batch_requests(replanned, 1):
-                    await self._run(group, True)
+                claimed = {ref.digest: self._claim(ref, prefetch=True) for ref in todo}
+                flights.extend(claimed.values())
+                replanned = plan_requests(todo, gap_bytes=self.gap_bytes, max_request=cap)
+                for group in self._jobs(replanned, 1):
+                    if self._streamable(group):
+                        await self._run_stream(group[0], claimed)
+                    else:
+                        await self._run(group, True)
 
         async with trio.open_nursery() as nursery:
-            for batch in batch_requests(plans, self._slots[True]):
+            for batch in self._jobs(plans, self._slots[True]):
                 nursery.start_soon(one, batch)
         await _wait_all(flights)
 
-    def _claim(self, ref: ChunkRef) -> _Flight:
-        fl = _Flight()
+    def _streamable(self, group: list[RangeRequest]) -> bool:
+        return self._open_range is not None and len(group) == 1 and group[0].size >= STREAM_MIN
+
+    def _jobs(self, plans: list[RangeRequest], slots: int) -> list[list[RangeRequest]]:
+        """Requests for prefetch ranges, in blob order: each big range streamed alone, the
+        small ones between them sharing multi-range requests (``batch_requests``)."""
+        if self._open_range is None:
+            return batch_requests(plans, slots)
+        jobs: list[list[RangeRequest]] = []
+        small: list[RangeRequest] = []
+        for plan in plans:
+            if plan.size >= STREAM_MIN:
+                jobs += batch_requests(small, slots) if small else []
+                small = []
+                jobs.append([plan])
+            else:
+                small.append(plan)
+        return jobs + (batch_requests(small, slots) if small else [])
+
+    def _claim(self, ref: ChunkRef, prefetch: bool = False) -> _Flight:
+        fl = _Flight(prefetch=prefetch)
         self._inflight[ref.digest] = fl
         return fl
+
+    def _settle(self, digest: bytes, fl: _Flight, error: FetchError | None) -> None:
+        """Resolve one flight (event loop only): wake its waiters, forget it if current."""
+        if self._inflight.get(digest) is fl:
+            del self._inflight[digest]
+        if not fl.done.is_set():
+            fl.error = error
+            fl.done.set()
+        old = fl.replaces
+        if error is None and old is not None and not old.done.is_set():
+            old.done.set()      # taken over from a stream and fetched: its waiters can go on
 
     def pending(self, digest: bytes) -> bool:
         """True while a fetch of this chunk is in flight."""
@@ -324,14 +477,79 @@ class Fetcher:
             results = {ref.digest: err for ref in chunks}
         finally:
             for ref in chunks:
-                fl = self._inflight.pop(ref.digest, None)
-                if fl is None:
-                    continue
-                if ref.digest in results:
-                    fl.error = results[ref.digest]
-                else:
-                    fl.error = FetchError("fetch cancelled")
-                fl.done.set()
+                fl = self._inflight.get(ref.digest)
+                if fl is not None:
+                    self._settle(ref.digest, fl, results[ref.digest] if ref.digest in results
+                                 else FetchError("fetch cancelled"))
+
+    async def _run_stream(self, plan: RangeRequest, flights: dict[bytes, _Flight]) -> None:
+        """Stream one prefetch range; each chunk's flight is resolved as it arrives (by the
+        worker thread, through the event loop); never raises except on cancellation."""
+        st = _Stream(plan.blob, plan.start, plan.end, plan.start)
+        mine = {ref.digest: flights[ref.digest] for ref in plan.chunks}
+        for fl in mine.values():
+            fl.stream = st
+        error: FetchError = FetchError("fetch cancelled")
+        try:
+            await trio.to_thread.run_sync(self._stream_sync, plan, st, mine)
+        except trio.Cancelled:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a broken stream: the rest is fetched on demand
+            self._errors += 1
+            self._cuts += 1
+            log.warning("prefetch stream of %s [%d, %d) broke at %d: %s (its other chunks are fetched "
+                        "on demand)", plan.blob, plan.start, plan.end, st.position, exc)
+            error = StreamCut(f"prefetch stream of {plan.blob} [{plan.start}, {plan.end}) broke at "
+                              f"{st.position}: {exc}")
+        finally:
+            for ref in plan.chunks:
+                fl = mine[ref.digest]
+                if not fl.done.is_set():
+                    self._settle(ref.digest, fl, error)
+
+    def _stream_sync(self, plan: RangeRequest, st: _Stream, flights: dict[bytes, _Flight]) -> None:
+        """Worker thread: read the range piece by piece; verify, store and announce each chunk
+        as soon as its compressed bytes are complete."""
+        assert self._open_range is not None
+        got = 0
+        body = self._open_range(plan.blob, plan.start, plan.end)
+        try:
+            self._requests += 1
+            self._pf_requests += 1
+            self._streams += 1
+
+            def take(n: int) -> bytes:
+                nonlocal got
+                parts = []
+                while n > 0:
+                    trio.from_thread.check_cancelled()      # unmount: stop reading
+                    piece = body.read(min(STREAM_PIECE, n))
+                    if not piece:
+                        raise FetchError(f"stream of {plan.blob} ended at {st.position}")
+                    parts.append(piece)
+                    n -= len(piece)
+                    got += len(piece)
+                    self._bytes += len(piece)
+                    self._pf_bytes += len(piece)
+                    st.position += len(piece)
+                return parts[0] if len(parts) == 1 else b"".join(parts)
+
+            for ref in sorted(plan.chunks, key=lambda r: r.info.comp_offset):
+                if ref.info.comp_offset > st.position:
+                    take(ref.info.comp_offset - st.position)        # a bridged gap
+                frame = take(ref.info.comp_size)
+                fl = flights[ref.digest]
+                if fl.done.is_set() and fl.error is None:
+                    continue        # taken over by a read and already served
+                err = self._accept(plan.blob, ref, memoryview(frame), hand_over=fl.waiters > 0)
+                if err is None:
+                    self._pf_unread[ref.digest] = ref.info.comp_size
+                    self._pf_chunks += 1
+                trio.from_thread.run_sync(self._settle, ref.digest, fl, err)
+        finally:
+            body.close()
+            if self._on_request is not None:
+                self._on_request(plan.blob, got, True)
 
     def _fetch_sync(self, batch: list[RangeRequest], prefetch: bool) -> dict[bytes, FetchError | None]:
         """Worker thread: one GET, then decode + verify + store each chunk of it."""
@@ -397,5 +615,6 @@ class Fetcher:
                             prefetch_requests=self._pf_requests, prefetch_bytes=self._pf_bytes,
                             errors=self._errors, corrupt=self._corrupt, inflight=len(self._inflight),
                             prefetch_chunks=self._pf_chunks, prefetch_hits=self._pf_hits,
-                            prefetch_hit_bytes=self._pf_hit_bytes)
+                            prefetch_hit_bytes=self._pf_hit_bytes, prefetch_streams=self._streams,
+                            stream_steals=self._steals, stream_cuts=self._cuts)
 

@@ -9,7 +9,9 @@ starting another) but with its own two request slots, and it starts no new reque
 while an on-demand read is waiting (``Fetcher`` enforces both).
 
 A failed batch is logged and skipped: prefetch is an optimisation, on-demand reads
-will fetch (and report) what is missing.
+will fetch (and report) what is missing. After the last batch, the chunks of failed
+batches that are still missing (a stream cut mid-body, a registry hiccup) are tried once
+more, so a cut costs the working set one more request rather than many on-demand ones.
 """
 from __future__ import annotations
 
@@ -111,17 +113,30 @@ class Prefetcher:
         todo = [r for r in refs if not self.fetcher.store.contains(r.digest)]
         self.total += len(todo)
         log.info("prefetch %s: %d chunks (%d already cached)", name, len(todo), len(refs) - len(todo))
-        for batch in _batches(todo, self.batch_bytes):
+        failed = await self._fetch(todo)
+        again = [r for r in failed if not self.fetcher.store.contains(r.digest)]
+        if again:
+            log.info("prefetch %s: retrying %d chunks of failed batches", name, len(again))
+            self.failed -= len(again)
+            await self._fetch(again)
+
+    async def _fetch(self, refs: list[ChunkRef]) -> list[ChunkRef]:
+        """Fetch in batches; return the chunks of the batches that failed."""
+        failed: list[ChunkRef] = []
+        for batch in _batches(refs, self.batch_bytes):
             try:
                 await self.fetcher.ensure(batch, prefetch=True)
                 self.done += len(batch)
             except FetchError as exc:
                 self.failed += len(batch)
+                failed += batch
                 log.warning("prefetch batch of %d chunks failed (reads will fetch on demand): %s",
                             len(batch), exc)
             except Exception:  # prefetch is optional, the mount must stay up
                 self.failed += len(batch)
+                failed += batch
                 log.exception("prefetch batch of %d chunks failed", len(batch))
+        return failed
 
     def statistics(self) -> PrefetchStats:
         return PrefetchStats(total=self.total, done=self.done, failed=self.failed,

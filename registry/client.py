@@ -35,7 +35,7 @@ from registry.manifest import (
     parse_manifest,
     select_platform,
 )
-from registry.rangefetch import RangeReader
+from registry.rangefetch import RangeBody, RangeReader
 from registry.reference import (
     InvalidReference,
     Reference,
@@ -334,6 +334,17 @@ class RegistryClient:
     def get_range(self, repo: str, digest: str, start: int, end: int) -> bytes:
         """Bytes ``[start, end)`` of a blob. Raises RangeError if the blob is shorter than ``end``."""
         return self.get_ranges(repo, digest, [(start, end)])[0]
+
+    def open_range(self, repo: str, digest: str, start: int, end: int) -> RangeBody:
+        """Bytes ``[start, end)`` of a blob as they arrive: ``body.read(n)`` gives exactly ``n``
+        bytes or raises RegistryError (broken or short body; not resumed). Close the body.
+
+        For callers that use a large range piece by piece while it streams in (fusefs's
+        prefetch verifies and serves each chunk as soon as its bytes are in).
+        """
+        validate_digest(digest)
+        validate_repository(repo)
+        return self._ranges.open_range(repo, digest, start, end)
 
     def get_ranges(self, repo: str, digest: str, ranges: list[tuple[int, int]]) -> list[bytes]:
         """Bytes of each ``[start, end)`` in ``ranges`` (any order, overlaps allowed), in that order.

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from typing import Self
 
 import requests
 
@@ -163,6 +164,103 @@ class RangeReader:
         finally:
             self._count_bytes(got)
         return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+    def open_range(self, repo: str, digest: str, start: int, end: int) -> RangeBody:
+        """One range request whose body is handed out as it arrives (see ``RangeBody``).
+
+        The request itself is retried by the transport (connection errors, 5xx); the body
+        is not resumed: a break mid-body raises from ``RangeBody.read``, and the caller
+        decides what to refetch (it has already used the bytes before the break).
+        """
+        R.check_ranges([(start, end)])
+        ctx = self._ctx(repo, digest)
+        with self._lock:
+            self._range_requests += 1
+        r = self._get(repo, digest, {"Range": R.range_header([(start, end)])})
+        try:
+            if r.status_code == 416:
+                raise RangeError(f"range {start}-{end} not satisfiable (blob too short)", status=416, **ctx)
+            if r.status_code == 200:
+                # Range ignored: skip the prefix, hand out [start, end), drop the rest
+                body = RangeBody(r, end - start, self._count_bytes, ctx)
+                body.skip(start)
+                return body
+            try:
+                got_start, got_end, _ = R.parse_content_range(r.headers.get("Content-Range"))
+            except RangeError as e:
+                raise RangeError(e.detail, status=206, **ctx) from None
+            if not (got_start <= start and end <= got_end):
+                raise RangeError(f"asked {start}-{end}, got {got_start}-{got_end} (blob too short?)",
+                                 status=206, **ctx)
+            body = RangeBody(r, end - start, self._count_bytes, ctx)
+            body.skip(start - got_start)
+            return body
+        except BaseException:
+            r.close()
+            raise
+
+
+class RangeBody:
+    """The body of one range response, read incrementally (``open_range``).
+
+    ``read(n)`` returns exactly ``n`` bytes (fewer only past the range's end) or raises
+    ``RegistryError`` when the transfer breaks or ends early: never a short chunk that
+    could be taken for data. Thread-confined; close it (or use ``with``) to release the
+    connection.
+    """
+
+    def __init__(self, response: requests.Response, length: int, count_bytes: Callable[[int], None],
+                 ctx: dict) -> None:
+        self._r = response
+        self.length = length
+        self.position = 0              # bytes of the range handed out so far
+        self._count = count_bytes
+        self._ctx = ctx
+
+    def _raw(self, n: int) -> bytes:
+        parts: list[bytes] = []
+        got = 0
+        try:
+            while got < n:
+                piece = self._r.raw.read(n - got, decode_content=False)
+                if not piece:
+                    break
+                parts.append(piece)
+                got += len(piece)
+        except READ_ERRORS as e:
+            self._count(got)
+            raise RegistryError(f"range body broke after {self.position + got} of {self.length} bytes: "
+                                f"{type(e).__name__}", **self._ctx) from None
+        self._count(got)
+        if got < n:
+            raise RegistryError(f"range body ended after {self.position + got} of {self.length} bytes",
+                                **self._ctx)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def skip(self, n: int) -> None:
+        """Discard ``n`` bytes before the range (a server that ignored or widened it)."""
+        while n > 0:
+            step = min(n, READ_CHUNK)
+            self._raw(step)
+            n -= step
+
+    def read(self, n: int) -> bytes:
+        n = min(n, self.length - self.position)
+        if n <= 0:
+            return b""
+        data = self._raw(n)
+        self.position += n
+        return data
+
+    def close(self) -> None:
+        self._r.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 class _MultiRangeRefused(Exception):
