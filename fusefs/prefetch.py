@@ -114,10 +114,11 @@ class Prefetcher:
         self.total += len(todo)
         log.info("prefetch %s: %d chunks (%d already cached)", name, len(todo), len(refs) - len(todo))
         failed = await self._fetch(todo)
-        again = [r for r in failed if not self.fetcher.store.contains(r.digest)]
-        if again:
+        if failed:      # counted again below: what arrived before the failure is done
+            again = [r for r in failed if not self.fetcher.store.contains(r.digest)]
+            self.failed -= len(failed)
+            self.done += len(failed) - len(again)
             log.info("prefetch %s: retrying %d chunks of failed batches", name, len(again))
-            self.failed -= len(again)
             await self._fetch(again)
 
     async def _fetch(self, refs: list[ChunkRef]) -> list[ChunkRef]:

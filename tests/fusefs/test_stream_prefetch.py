@@ -12,6 +12,7 @@ import functools
 import hashlib
 import random
 import uuid
+from pathlib import Path
 
 import pytest
 import trio
@@ -19,11 +20,15 @@ import zstandard
 
 from benchmarks.proxy import ShapingProxy
 from fusefs.fetcher import ChunkCorrupted, ChunkRef, Fetcher, FetchError, StreamCut
+from fusefs.prefetch import Prefetcher
 from fusefs.source import RegistrySource
 from fusefs.store import ChunkStore
 from imgformat.chunk import decode_chunk
 from imgformat.records import ChunkInfo
 from registry.client import RegistryClient
+from registry.reference import parse_reference
+from tests.fusefs import imagekit
+from tests.fusefs.imagekit import Tar
 
 N_CHUNKS = 32
 RAW = 256 << 10                 # incompressible: each frame is ~256 KiB, the blob ~8 MiB
@@ -215,3 +220,62 @@ def test_reset_mid_stream_waiting_readers_fetch_on_demand(blob, link, tmp_path):
     stored = [i for i, r in enumerate(refs) if store.contains(r.digest)]
     assert stored[:len(stored) - 2] == list(range(len(stored) - 2))   # a prefix arrived before the cut
     assert len(stored) - 2 >= 1 and not store.contains(refs[N_CHUNKS - 3].digest)
+
+
+# --- the Prefetcher and a real mount over a prefetch-ordered image -------------------------
+
+PF_FILES = [f"app/part{i:02d}.bin" for i in range(12)]      # 12 x 1 MiB, incompressible
+
+
+@pytest.fixture(scope="module")
+def pf_image(registry, tmp_path_factory) -> tuple[str, Path, dict[str, bytes]]:
+    layout = tmp_path_factory.mktemp("pfimage") / "layout"
+    files = {p: imagekit.blob_data(100 + i, 1 << 20) for i, p in enumerate(PF_FILES)}
+    tar = Tar().dir("app")
+    for p, data in files.items():
+        tar.file(p, data)
+    tar.file("app/other.bin", imagekit.blob_data(99, 1 << 20))
+    imagekit.write_imgfs_layout(layout, [tar.bytes()], prefetch=PF_FILES)
+    image = imagekit.push(layout, registry.host, f"streamprefetch/img-{uuid.uuid4().hex[:8]}")
+    return image, layout, files
+
+
+def test_prefetcher_refetches_the_rest_of_a_cut_stream(pf_image, link, tmp_path):
+    image, layout, _ = pf_image
+    proxy, client = link
+    proxy.set_link(bandwidth=0)
+    (digest, bs), = imagekit.layer_bootstraps(layout)
+    fetcher, store = make_fetcher(tmp_path, client, parse_reference(image[len("docker://"):]).repository)
+    proxy.inject("reset", match=digest)
+    pf = Prefetcher(fetcher, [bs], [digest])
+    trio.run(pf.run)
+    wanted = [bs.chunk(i) for i in bs.prefetch]
+    assert len(wanted) == len(PF_FILES)
+    assert all(store.contains(info.digest) for info in wanted)
+    gets = proxy.blob_gets(digest)
+    assert [g.fault for g in gets] == ["reset", None]       # the rest in one more request
+    start = int(gets[1].range.split("=")[1].split("-")[0])
+    assert start > min(info.comp_offset for info in wanted)  # the received prefix is not fetched again
+    st = pf.statistics()
+    assert (st.failed, st.done, st.phase) == (0, len(PF_FILES), "done")
+    assert fetcher.statistics().stream_cuts == 1
+
+
+def test_mount_serves_the_first_prefetched_file_while_the_stream_runs(pf_image, registry, mount_image):
+    """The real daemon: mounted through a 10 Mbit/s link, its prefetch streams ~12 MiB
+    (~10 s); reading the first listed file returns once its chunk is in."""
+    image, layout, files = pf_image
+    (digest, bs), = imagekit.layer_bootstraps(layout)
+    first = min(bs.chunk(i).comp_offset for i in bs.prefetch)
+    with ShapingProxy(registry.host, bandwidth=SLOW) as proxy:
+        m = mount_image(image.replace(registry.host, proxy.host))
+        data = (m.mountpoint / PF_FILES[0]).read_bytes()
+        gets = [g for g in proxy.blob_gets(digest)
+                if int(g.range.split("=")[1].split("-")[0]) <= first]    # the prefetch's request
+        sent = sum(g.bytes for g in gets)
+        proxy.set_link(bandwidth=0)
+        assert data == files[PF_FILES[0]]
+        assert len(gets) == 1 and sent < 6 << 20, (gets, sent)
+        assert (m.mountpoint / PF_FILES[-1]).read_bytes() == files[PF_FILES[-1]]
+        st = m.state()["fetcher"]
+        assert st["prefetch_streams"] >= 1 and st["corrupt"] == 0
