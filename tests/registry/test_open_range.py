@@ -60,12 +60,19 @@ def test_past_the_end_is_a_range_error(registry, blob, tmp_path):
         c.open_range(repo, digest, SIZE - 10, SIZE + 10)
 
 
-def test_cut_body_raises_never_short_data(registry, blob, tmp_path):
+@pytest.mark.parametrize("fault", ["truncate", "reset"])
+def test_cut_body_raises_never_short_data(registry, blob, tmp_path, fault):
+    """The proxy cuts the body at its middle (FIN or RST). Every piece handed out is exact
+    and the cut is an error; with FIN the half before it arrives in full (an RST may make
+    the kernel drop what was received but not yet read)."""
     repo, digest, data = blob
+    want = 1 << 20
     with ShapingProxy(registry.host) as proxy, client(proxy.host, tmp_path) as c:
-        proxy.inject("reset", match=digest)
-        with c.open_range(repo, digest, 0, 1 << 20) as body:
-            got = body.read(1 << 18)
-            assert got == data[:1 << 18]
-            with pytest.raises(RegistryError, match="broke|ended"):
-                body.read(1 << 20)
+        proxy.inject(fault, match=digest)
+        got = b""
+        with c.open_range(repo, digest, 0, want) as body, pytest.raises(RegistryError, match="broke|ended"):
+            while len(got) < want:
+                got += body.read(64 << 10)
+        assert got == data[:len(got)] and len(got) < want
+        if fault == "truncate":
+            assert len(got) == want // 2
