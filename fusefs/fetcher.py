@@ -509,32 +509,59 @@ class Fetcher:
 
     def _stream_sync(self, plan: RangeRequest, st: _Stream, flights: dict[bytes, _Flight]) -> None:
         """Worker thread: read the range piece by piece; verify, store and announce each chunk
-        as soon as its compressed bytes are complete."""
+        as soon as its compressed bytes are complete.
+
+        Chunks that reads took over and already have (``_too_far``) are still in the body;
+        when the next run of them is longer than ``gap_bytes`` (a round trip's worth), the
+        body is dropped and the range reopened after them instead of downloading them
+        twice; when only such chunks are left, the stream stops.
+        """
         assert self._open_range is not None
+        refs = sorted(plan.chunks, key=lambda r: r.info.comp_offset)
         got = 0
-        body = self._open_range(plan.blob, plan.start, plan.end)
+        body: RangeBodyLike | None = None
+
+        def served(ref: ChunkRef) -> bool:
+            fl = flights[ref.digest]
+            return fl.done.is_set() and fl.error is None
+
+        def take(n: int) -> bytes:
+            nonlocal got
+            assert body is not None
+            parts = []
+            while n > 0:
+                trio.from_thread.check_cancelled()      # unmount: stop reading
+                piece = body.read(min(STREAM_PIECE, n))
+                if not piece:
+                    raise FetchError(f"stream of {plan.blob} ended at {st.position}")
+                parts.append(piece)
+                n -= len(piece)
+                got += len(piece)
+                self._bytes += len(piece)
+                self._pf_bytes += len(piece)
+                st.position += len(piece)
+            return parts[0] if len(parts) == 1 else b"".join(parts)
+
+        self._streams += 1
         try:
-            self._requests += 1
-            self._pf_requests += 1
-            self._streams += 1
-
-            def take(n: int) -> bytes:
-                nonlocal got
-                parts = []
-                while n > 0:
-                    trio.from_thread.check_cancelled()      # unmount: stop reading
-                    piece = body.read(min(STREAM_PIECE, n))
-                    if not piece:
-                        raise FetchError(f"stream of {plan.blob} ended at {st.position}")
-                    parts.append(piece)
-                    n -= len(piece)
-                    got += len(piece)
-                    self._bytes += len(piece)
-                    self._pf_bytes += len(piece)
-                    st.position += len(piece)
-                return parts[0] if len(parts) == 1 else b"".join(parts)
-
-            for ref in sorted(plan.chunks, key=lambda r: r.info.comp_offset):
+            i = 0
+            while i < len(refs):
+                j = i
+                while j < len(refs) and served(refs[j]):
+                    j += 1
+                if j == len(refs):
+                    break           # the rest is served already
+                skip_to = refs[j].info.comp_offset
+                if body is None or (j > i and skip_to - st.position > self.gap_bytes):
+                    if body is not None:
+                        body.close()
+                    body = self._open_range(plan.blob, skip_to, plan.end)
+                    self._requests += 1
+                    self._pf_requests += 1
+                    st.position = skip_to
+                    i = j
+                ref = refs[i]
+                i += 1
                 if ref.info.comp_offset > st.position:
                     take(ref.info.comp_offset - st.position)        # a bridged gap
                 frame = take(ref.info.comp_size)
@@ -547,7 +574,8 @@ class Fetcher:
                     self._pf_chunks += 1
                 trio.from_thread.run_sync(self._settle, ref.digest, fl, err)
         finally:
-            body.close()
+            if body is not None:
+                body.close()
             if self._on_request is not None:
                 self._on_request(plan.blob, got, True)
 
