@@ -83,8 +83,27 @@ class MountConfig:
             raise ValueError("max_request, max_inflight and prefetch_slots must be positive")
 
 
-def _fetch_bootstrap(source: Any, layer: LayerRef) -> Any:
-    """One range request for the layer's bootstrap (two if the annotations lack its place)."""
+def _fetch_bootstrap(source: Any, layer: LayerRef, attempts: int = 3) -> Any:
+    """One range request for the layer's bootstrap (two if the annotations lack its place).
+
+    Bytes that do not match the pinned digest are fetched again (``attempts`` in all): a
+    byte flipped in transit is a fault of the link, not of the image; only a mismatch that
+    persists is a bad image.
+    """
+    from imgformat.errors import ImgFormatError
+
+    for attempt in range(1, attempts + 1):
+        try:
+            return _fetch_bootstrap_once(source, layer)
+        except (ImageError, ImgFormatError) as exc:
+            if attempt == attempts:
+                raise
+            log.warning("layer %s: bootstrap fetch %d/%d gave bad bytes (%s), fetching again",
+                        layer.digest, attempt, attempts, exc)
+    raise AssertionError("unreachable")
+
+
+def _fetch_bootstrap_once(source: Any, layer: LayerRef) -> Any:
     from imgformat.bootstrap import Bootstrap
     from imgformat.footer import FOOTER_SIZE, parse_footer
 
