@@ -275,3 +275,23 @@ def test_manifest_with_a_wrong_digest_is_refused(small_layout, tmp_path):
     (small_layout / "index.json").write_text(json.dumps(index))
     r = _mount_fails(small_layout, tmp_path)
     assert r.returncode in (3, 4) and r.stderr.strip()
+
+
+def test_devices_and_setid_files_are_data_on_a_nosuid_nodev_mount(tmp_path, daemons):
+    """Kept as image content (OCI semantics), but the imgfs mount itself is nosuid,nodev:
+    the device cannot be opened through it and set-id bits give nothing there."""
+    raw = tar((ti("dev", tarfile.DIRTYPE, mode=0o755), None),
+              (ti("dev/mem", tarfile.CHRTYPE, devmajor=1, devminor=1, mode=0o666), None),
+              (ti("su", size=3, mode=0o4755), b"#!\n"))
+    layout = tmp_path / "img"
+    imagekit.write_imgfs_layout(layout, [raw], chunk_size=64 * 1024)
+    mp = tmp_path / "mnt"
+    daemons(f"oci:{layout}", mp, "--cache-dir", str(tmp_path / "cache"), "--no-prefetch")
+    with open("/proc/self/mountinfo") as f:
+        opts = next(line.split()[5] for line in f if line.split()[4] == str(mp))
+    assert {"ro", "nosuid", "nodev"} <= set(opts.split(","))
+    st = os.lstat(mp / "dev/mem")
+    assert stat.S_ISCHR(st.st_mode) and (os.major(st.st_rdev), os.minor(st.st_rdev)) == (1, 1)
+    with pytest.raises(PermissionError):
+        open(mp / "dev/mem", "rb")  # noqa: SIM115 - must fail
+    assert os.stat(mp / "su").st_mode & stat.S_ISUID
