@@ -24,19 +24,15 @@ Algorithm (after stargz-snapshotter's blob fetcher and nydus's merging cache):
    the store. A mismatch fails that chunk only (``ChunkCorrupted`` -> EIO at the FUSE
    edge), is logged with blob and chunk, and nothing is stored; the next read tries
    again.
-6. Streamed prefetch (issue 6): a prefetch range of at least ``STREAM_MIN`` bytes is one
-   request of up to ``stream_request`` bytes whose body is read as it arrives (the
-   source's ``open_range``); each chunk is verified, stored and its waiters woken as
-   soon as its own compressed bytes are in, so a read of the range's first chunk waits
-   for that chunk, not for the whole range (a 16 MB range at 100 Mbit/s is 1.3 s).
-   An on-demand read of a chunk the stream has not reached waits for the stream only
-   when the stream is at most ``gap_bytes`` (bandwidth * rtt) before it; further
-   behind, a request of its own arrives sooner, so the read takes the chunk over
-   ("steals" it; the stream then skips decoding it if it is stored by then). A stream
-   that breaks releases its unreceived chunks with ``StreamCut``, and the on-demand
-   reads waiting for them fetch them themselves (once) instead of failing. Small
-   ranges keep sharing multi-range requests: for them round trips matter more than
-   arrival order.
+6. Streamed prefetch (issue 6, ``fusefs.stream``): a prefetch range of at least
+   ``STREAM_MIN`` bytes is one request whose body is read as it arrives (the source's
+   ``open_range``), each chunk verified, stored and its waiters woken as soon as its
+   own bytes are in. An on-demand read of a chunk the stream has not reached waits for
+   the stream only when the stream is at most ``gap_bytes`` before it; further behind,
+   the read takes the chunk over ("steals" it). A stream that breaks releases its
+   unreceived chunks with ``StreamCut``, and the reads waiting for them fetch them
+   themselves (once) instead of failing. Small ranges keep sharing multi-range
+   requests: for them round trips matter more than arrival order.
 """
 from __future__ import annotations
 
@@ -48,6 +44,7 @@ from typing import Any, Protocol
 import trio
 
 from fusefs.fresh import FreshChunks
+from fusefs.stream import DEFAULT_STREAM_REQUEST, STREAM_MIN, RangeBodyLike, Stream, range_opener, run_stream
 
 log = logging.getLogger(__name__)
 
@@ -59,14 +56,6 @@ DEFAULT_MAX_REQUEST = 4 * 1024 * 1024
 DEFAULT_MAX_INFLIGHT = 8
 #: Concurrent prefetch requests; prefetch never takes the on-demand slots.
 DEFAULT_PREFETCH_SLOTS = 2
-#: Prefetch ranges at least this big are streamed (chunks usable as they arrive).
-STREAM_MIN = 1 << 20
-#: Upper bound of one streamed prefetch range. Streaming removes the reason for the 4 MiB
-#: cap (no read waits for a whole body), so a contiguous working set is one request.
-DEFAULT_STREAM_REQUEST = 32 << 20
-#: Bytes read from a streamed body per step: the granularity at which the stream's
-#: position (what on-demand reads compare their chunk's offset to) advances.
-STREAM_PIECE = 64 << 10
 
 
 def gap_for_link(bandwidth_bits: float, rtt_seconds: float) -> int:
@@ -96,30 +85,6 @@ class BlobSource(Protocol):
     def get_ranges(self, blob: str, ranges: list[tuple[int, int]]) -> list[bytes]:
         """Bytes of each ``[start, end)``, in one request where the source can."""
         ...
-
-
-class RangeBodyLike(Protocol):
-    """An open range response (``registry.rangefetch.RangeBody``): exact reads or raise."""
-
-    def read(self, n: int) -> bytes: ...
-    def close(self) -> None: ...
-
-
-def range_opener(source: Any) -> Callable[[str, int, int], RangeBodyLike] | None:
-    """``open(blob, start, end)`` for sources that can stream a range, else None.
-
-    A source may offer ``open_range(blob, start, end)`` itself; fusefs's
-    ``RegistrySource`` (not this package's to change here) exposes its thread-safe
-    ``client`` and ``repository``, whose ``open_range`` is used. Local sources (an OCI
-    layout dir) have no round trips to hide and are read whole.
-    """
-    own = getattr(source, "open_range", None)
-    if callable(own):
-        return own
-    client, repo = getattr(source, "client", None), getattr(source, "repository", None)
-    if isinstance(repo, str) and callable(getattr(client, "open_range", None)):
-        return lambda blob, start, end: client.open_range(repo, blob, start, end)
-    return None
 
 
 class ChunkStoreLike(Protocol):
@@ -221,17 +186,6 @@ async def _wait_all(flights: list[_Flight]) -> None:
 
 
 @dataclass
-class _Stream:
-    """A streamed prefetch range; ``position`` (absolute blob offset of the bytes received
-    so far) is advanced by the worker thread and read by the event loop."""
-
-    blob: str
-    start: int
-    end: int
-    position: int
-
-
-@dataclass
 class _Flight:
     """A chunk being fetched; waiters block on ``done``; ``error`` is set on failure.
 
@@ -243,7 +197,7 @@ class _Flight:
     done: trio.Event = field(default_factory=trio.Event)
     error: FetchError | None = None
     prefetch: bool = False
-    stream: _Stream | None = None
+    stream: Stream | None = None
     replaces: _Flight | None = None
     waiters: int = 0
 
@@ -375,8 +329,7 @@ class Fetcher:
 
     def _too_far(self, fl: _Flight, ref: ChunkRef) -> bool:
         """Is this chunk's stream more than a round trip's worth of bytes before it?"""
-        st = fl.stream
-        return st is not None and ref.info.comp_offset - st.position > self.gap_bytes
+        return fl.stream is not None and fl.stream.far_behind(ref.info.comp_offset, self.gap_bytes)
 
     async def _ensure_prefetch(self, refs: Iterable[ChunkRef]) -> None:
         """Fetch at background priority: each request starts only while no on-demand read
@@ -402,7 +355,8 @@ class Fetcher:
                 replanned = plan_requests(todo, gap_bytes=self.gap_bytes, max_request=cap)
                 for group in self._jobs(replanned, 1):
                     if self._streamable(group):
-                        await self._run_stream(group[0], claimed)
+                        self._streams += 1
+                        await run_stream(self, group[0], claimed)
                     else:
                         await self._run(group, True)
 
@@ -435,8 +389,9 @@ class Fetcher:
         self._inflight[ref.digest] = fl
         return fl
 
-    def _settle(self, digest: bytes, fl: _Flight, error: FetchError | None) -> None:
-        """Resolve one flight (event loop only): wake its waiters, forget it if current."""
+    def settle(self, digest: bytes, fl: _Flight, error: FetchError | None) -> None:
+        """Resolve one flight (event loop only): wake its waiters, forget it if current.
+        Also called by ``fusefs.stream`` for each chunk of a streamed range."""
         if self._inflight.get(digest) is fl:
             del self._inflight[digest]
         if not fl.done.is_set():
@@ -479,105 +434,42 @@ class Fetcher:
             for ref in chunks:
                 fl = self._inflight.get(ref.digest)
                 if fl is not None:
-                    self._settle(ref.digest, fl, results[ref.digest] if ref.digest in results
-                                 else FetchError("fetch cancelled"))
+                    self.settle(ref.digest, fl, results[ref.digest] if ref.digest in results
+                                else FetchError("fetch cancelled"))
 
-    async def _run_stream(self, plan: RangeRequest, flights: dict[bytes, _Flight]) -> None:
-        """Stream one prefetch range; each chunk's flight is resolved as it arrives (by the
-        worker thread, through the event loop); never raises except on cancellation."""
-        st = _Stream(plan.blob, plan.start, plan.end, plan.start)
-        mine = {ref.digest: flights[ref.digest] for ref in plan.chunks}
-        for fl in mine.values():
-            fl.stream = st
-        error: FetchError = FetchError("fetch cancelled")
-        try:
-            await trio.to_thread.run_sync(self._stream_sync, plan, st, mine)
-        except trio.Cancelled:
-            raise
-        except Exception as exc:  # noqa: BLE001 - a broken stream: the rest is fetched on demand
-            self._errors += 1
-            self._cuts += 1
-            log.warning("prefetch stream of %s [%d, %d) broke at %d: %s (its other chunks are fetched "
-                        "on demand)", plan.blob, plan.start, plan.end, st.position, exc)
-            error = StreamCut(f"prefetch stream of {plan.blob} [{plan.start}, {plan.end}) broke at "
-                              f"{st.position}: {exc}")
-        finally:
-            for ref in plan.chunks:
-                fl = mine[ref.digest]
-                if not fl.done.is_set():
-                    self._settle(ref.digest, fl, error)
+    # --- fusefs.stream.StreamHost: what a streamed prefetch range uses of the fetcher ---
 
-    def _stream_sync(self, plan: RangeRequest, st: _Stream, flights: dict[bytes, _Flight]) -> None:
-        """Worker thread: read the range piece by piece; verify, store and announce each chunk
-        as soon as its compressed bytes are complete.
-
-        Chunks that reads took over and already have (``_too_far``) are still in the body;
-        when the next run of them is longer than ``gap_bytes`` (a round trip's worth), the
-        body is dropped and the range reopened after them instead of downloading them
-        twice; when only such chunks are left, the stream stops.
-        """
+    def stream_open(self, blob: str, start: int, end: int) -> RangeBodyLike:
         assert self._open_range is not None
-        refs = sorted(plan.chunks, key=lambda r: r.info.comp_offset)
-        got = 0
-        body: RangeBodyLike | None = None
+        body = self._open_range(blob, start, end)
+        self._requests += 1
+        self._pf_requests += 1
+        return body
 
-        def served(ref: ChunkRef) -> bool:
-            fl = flights[ref.digest]
-            return fl.done.is_set() and fl.error is None
+    def stream_received(self, n: int) -> None:
+        self._bytes += n
+        self._pf_bytes += n
 
-        def take(n: int) -> bytes:
-            nonlocal got
-            assert body is not None
-            parts = []
-            while n > 0:
-                trio.from_thread.check_cancelled()      # unmount: stop reading
-                piece = body.read(min(STREAM_PIECE, n))
-                if not piece:
-                    raise FetchError(f"stream of {plan.blob} ended at {st.position}")
-                parts.append(piece)
-                n -= len(piece)
-                got += len(piece)
-                self._bytes += len(piece)
-                self._pf_bytes += len(piece)
-                st.position += len(piece)
-            return parts[0] if len(parts) == 1 else b"".join(parts)
+    def stream_deliver(self, blob: str, ref: ChunkRef, frame: memoryview, flight: _Flight) -> FetchError | None:
+        err = self._accept(blob, ref, frame, hand_over=flight.waiters > 0)
+        if err is None:
+            self._pf_unread[ref.digest] = ref.info.comp_size
+            self._pf_chunks += 1
+        return err
 
-        self._streams += 1
-        try:
-            i = 0
-            while i < len(refs):
-                j = i
-                while j < len(refs) and served(refs[j]):
-                    j += 1
-                if j == len(refs):
-                    break           # the rest is served already
-                skip_to = refs[j].info.comp_offset
-                if body is None or (j > i and skip_to - st.position > self.gap_bytes):
-                    if body is not None:
-                        body.close()
-                    body = self._open_range(plan.blob, skip_to, plan.end)
-                    self._requests += 1
-                    self._pf_requests += 1
-                    st.position = skip_to
-                    i = j
-                ref = refs[i]
-                i += 1
-                if ref.info.comp_offset > st.position:
-                    take(ref.info.comp_offset - st.position)        # a bridged gap
-                frame = take(ref.info.comp_size)
-                fl = flights[ref.digest]
-                if fl.done.is_set() and fl.error is None:
-                    continue        # taken over by a read and already served
-                err = self._accept(plan.blob, ref, memoryview(frame), hand_over=fl.waiters > 0)
-                if err is None:
-                    self._pf_unread[ref.digest] = ref.info.comp_size
-                    self._pf_chunks += 1
-                trio.from_thread.run_sync(self._settle, ref.digest, fl, err)
-        finally:
-            if body is not None:
-                body.close()
-            if self._on_request is not None:
-                self._on_request(plan.blob, got, True)
+    def stream_broke(self, st: Stream, exc: Exception | None) -> FetchError:
+        if exc is None:
+            return FetchError("fetch cancelled")
+        self._errors += 1
+        self._cuts += 1
+        log.warning("prefetch stream of %s [%d, %d) broke at %d: %s (its other chunks are fetched "
+                    "on demand)", st.blob, st.start, st.end, st.position, exc)
+        return StreamCut(f"prefetch stream of {st.blob} [{st.start}, {st.end}) broke at "
+                         f"{st.position}: {exc}")
+
+    def stream_finished(self, blob: str, got: int) -> None:
+        if self._on_request is not None:
+            self._on_request(blob, got, True)
 
     def _fetch_sync(self, batch: list[RangeRequest], prefetch: bool) -> dict[bytes, FetchError | None]:
         """Worker thread: one GET, then decode + verify + store each chunk of it."""

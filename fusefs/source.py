@@ -52,12 +52,21 @@ class RegistrySource:
     def get_ranges(self, blob: str, ranges: list[tuple[int, int]]) -> list[bytes]:
         return self.client.get_ranges(self.repository, blob, ranges)
 
+    def open_range(self, blob: str, start: int, end: int) -> Any:
+        """Bytes ``[start, end)`` as they arrive (a ``registry.rangefetch.RangeBody``: exact
+        ``read(n)`` or raise; close it). Streamed prefetch uses each chunk as soon as its
+        bytes are in (``fusefs.stream``) instead of waiting for the whole range."""
+        return self.client.open_range(self.repository, blob, start, end)
+
     def describe(self) -> str:
         return f"{self.client.registry}/{self.repository}"
 
 
 class OciDirSource:
-    """Blobs of an OCI layout dir, read with ``pread`` (no network)."""
+    """Blobs of an OCI layout dir, read with ``pread`` (no network).
+
+    No ``open_range``: a local read has no round trips to hide, so prefetch reads its
+    ranges whole (``fusefs.stream.range_opener`` gives None for it)."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
