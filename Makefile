@@ -5,7 +5,7 @@ VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?= -q
 
-.PHONY: demo test bench lint sysdeps venv proto clean
+.PHONY: demo test bench lint soak fuzz sysdeps venv proto clean
 
 sysdeps:
 	@bash scripts/sysdeps.sh
@@ -31,6 +31,12 @@ bench: venv
 	$(VPY) -m benchmarks.convert
 	$(VPY) -m benchmarks.fusefs
 	$(VPY) -m benchmarks.cli run --quick --out benchmarks/results/imgbench-quick
+
+soak: venv
+	bash scripts/soak.sh
+
+fuzz: venv
+	bash scripts/fuzz.sh
 
 lint: venv
 	$(VPY) -m ruff check .
