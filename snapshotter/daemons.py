@@ -151,10 +151,22 @@ def imgfs_command(name: str) -> list[str]:
 
 
 def start(argv: list[str], mountpoint: Path, logfile: Path, timeout: float,
-          env: dict[str, str] | None = None) -> subprocess.Popen:
-    """Runs `argv` (an `imgfs mount ...` without --daemon) and waits until the mount is ready."""
+          env: dict[str, str] | None = None, control: Path | None = None,
+          keep_mount: bool = False) -> subprocess.Popen:
+    """Runs `argv` (an `imgfs mount ...` without --daemon) and waits until the mount is ready.
+
+    With `control`, ready also means the daemon answers on that socket (it binds it only
+    once it serves the mount): a takeover's mountpoint is mounted, and may even answer a
+    stat from the kernel's cache, before the new daemon serves it. `keep_mount`: a daemon
+    that does not come up is killed without unmounting (a takeover's connection stays
+    alive in the fd store for the next attempt)."""
     mountpoint.mkdir(parents=True, exist_ok=True)
     logfile.parent.mkdir(parents=True, exist_ok=True)
+    if control is not None:
+        try:
+            control.unlink()         # a dead daemon's socket must not count as an answer
+        except FileNotFoundError:
+            pass
     with open(logfile, "ab") as lf:
         lf.write(f"--- {time.strftime('%Y-%m-%dT%H:%M:%S')} {' '.join(argv)}\n".encode())
         lf.flush()
@@ -164,10 +176,13 @@ def start(argv: list[str], mountpoint: Path, logfile: Path, timeout: float,
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise MountError(f"imgfs mount exited with {proc.returncode}: {_tail(logfile)}")
-        if healthy(mountpoint):
+        if (control is None or (control.exists() and responsive(control))) and healthy(mountpoint):
             return proc
         time.sleep(0.01)
-    stop(proc.pid, mountpoint, proc)
+    if keep_mount:
+        kill(proc.pid, proc)
+    else:
+        stop(proc.pid, mountpoint, proc)
     raise MountError(f"imgfs mount not ready after {timeout:.0f} s: {_tail(logfile)}")
 
 

@@ -15,7 +15,10 @@ a remote layer is one whose top layer it is (`tops` in its record): an image pul
 later that ends at an existing layer is added to that list.
 
 Daemon state (image -> mountpoint, pid) is in the store, so a restarted snapshotter
-adopts live daemons, and replaces dead ones at the same mountpoint.
+adopts live daemons, and replaces dead ones at the same mountpoint. Daemons run with
+`--fd-store` (snapshotter.fdkeeper): a dead or hung daemon is replaced by a new one that
+takes over the live FUSE connection, so running containers see a pause, not ENOTCONN;
+only when that fails (TAKEOVER_TRIES times) is the mount removed and made afresh.
 """
 from __future__ import annotations
 
@@ -34,12 +37,14 @@ from snapshotter import daemons
 from snapshotter import labels as lb
 from snapshotter import store as st
 from snapshotter.config import Config
+from snapshotter.fdkeeper import FdKeeper
 from snapshotter.store import Snapshot, Store
 
 log = logging.getLogger("imgfs.snapshotter")
 
 TAG_TTL = 60.0    # seconds a resolved tag is trusted: one pull's layers ask within a few seconds
 EARLY_GRACE = 120.0  # seconds a daemon started by a pull (mount_on_pull) survives unused
+TAKEOVER_TRIES = 3   # new daemons tried on a live connection before it is unmounted and remade
 
 
 class RemoteLayers:
@@ -53,6 +58,8 @@ class RemoteLayers:
         self._manifests: dict[tuple[str, str, str], dict] = {}  # (registry, repo, digest) -> json
         self._tags: dict[str, tuple[float, str]] = {}         # reference -> (when, manifest digest)
         self.restarts = 0
+        self.takeovers = 0     # restarts that kept the mount (and the containers' open files)
+        self.fdkeeper = FdKeeper(cfg.root, cfg.imgfs_bin)
         self._release_wanted = threading.Event()
         self._live: Callable[[], list[list[Snapshot]]] | None = None
         self._early: dict[str, float] = {}    # image key -> when a pull started its daemon
@@ -198,7 +205,16 @@ class RemoteLayers:
     def mountpoint(self, key: str) -> Path:
         return self.mounts_dir / hashlib.sha256(key.encode()).hexdigest()[:16]
 
-    def _argv(self, image: dict, mp: Path) -> list[str]:
+    def _fd_store(self) -> str | None:
+        """The fd store's socket, started or adopted; None (logged) when it cannot run:
+        daemons then work as before, without takeover."""
+        try:
+            return self.fdkeeper.ensure()
+        except OSError as e:
+            log.error("no fd store (%s): fusefs daemons run without takeover", e)
+            return None
+
+    def _argv(self, image: dict, mp: Path, fd_store: str | None = None) -> list[str]:
         r, f = self.cfg.registry, self.cfg.fetch
         argv = [*daemons.imgfs_command(self.cfg.imgfs_bin), "mount",
                 f"docker://{image['registry']}/{image['repository']}@{image['manifest']}", str(mp),
@@ -219,6 +235,8 @@ class RemoteLayers:
         argv += ["--config", str(tuning), "--control-socket", str(self._control(mp))]
         if self.cfg.access_log:
             argv += ["--access-log", str(ddir / "access.jsonl")]
+        if fd_store:
+            argv += ["--fd-store", fd_store]
         return argv
 
     def _env(self, mp: Path) -> dict[str, str] | None:
@@ -281,11 +299,31 @@ class RemoteLayers:
             daemons.kill(old_pid, proc)   # only called for a daemon that is gone or hangs
         elif proc is not None:
             proc.poll()
-        daemons.unmount(mp)          # a dead daemon leaves an ENOTCONN mount behind
+        store = self._fd_store()
         logfile = self.daemon_dir / mp.name / "imgfs.log"
+        control = self._control(mp)
         spawned = time.time()
-        argv = self._argv(image, mp)
-        proc = daemons.start(argv, mp, logfile, self.cfg.mount_timeout, env=self._env(mp))
+        argv = self._argv(image, mp, store)
+        proc = None
+        if store and daemons.mounted(mp) and self.fdkeeper.holds(mp):
+            proc = self._take_over(key, argv, mp, logfile, control)
+            why = "takeover" if proc is not None else why
+        if proc is None:
+            daemons.unmount(mp)          # a dead daemon leaves an ENOTCONN mount behind
+            if store:
+                self.fdkeeper.drop(mp)
+            try:
+                proc = daemons.start(argv, mp, logfile, self.cfg.mount_timeout, env=self._env(mp),
+                                     control=control)
+            except daemons.MountError as e:
+                if not store or self.fdkeeper.alive():
+                    raise
+                # the fd store went away under the start (its put failed): once more with a new one
+                log.warning("fusefs daemon of %s failed without its fd store (%s): retrying", key, e)
+                argv = self._argv(image, mp, self._fd_store())
+                daemons.unmount(mp)
+                proc = daemons.start(argv, mp, logfile, self.cfg.mount_timeout, env=self._env(mp),
+                                     control=control)
         ready = time.time()
         self._procs[key] = proc
         self.store.put_daemon(key, str(mp), proc.pid, image)
@@ -295,6 +333,27 @@ class RemoteLayers:
         (self.daemon_dir / mp.name / "timing.json").write_text(json.dumps(timing) + "\n")
         log.info("fusefs daemon %d serves %s at %s (ready in %.2f s, started %s)", proc.pid, key, mp,
                  ready - spawned, why)
+
+    def _take_over(self, key: str, argv: list[str], mp: Path, logfile: Path,
+                   control: Path) -> subprocess.Popen | None:
+        """A new daemon on the live connection of `mp` (tried TAKEOVER_TRIES times); None
+        when none came up: the caller then remounts, and says so."""
+        for attempt in range(1, TAKEOVER_TRIES + 1):
+            try:
+                proc = daemons.start(argv, mp, logfile, self.cfg.mount_timeout, env=self._env(mp),
+                                     control=control, keep_mount=True)
+            except daemons.MountError as e:
+                log.warning("takeover of %s at %s failed (try %d of %d): %s", key, mp, attempt,
+                            TAKEOVER_TRIES, e)
+                if not (daemons.mounted(mp) and self.fdkeeper.holds(mp)):
+                    break
+                continue
+            self.takeovers += 1
+            log.info("fusefs daemon %d took over the live mount %s of %s", proc.pid, mp, key)
+            return proc
+        log.error("takeover of %s at %s failed: remounting it (open files of its running "
+                  "containers see ENOTCONN)", key, mp)
+        return None
 
     def schedule_release(self, live: Callable[[], list[list[Snapshot]]]) -> None:
         self._live = live
@@ -327,6 +386,7 @@ class RemoteLayers:
                     daemons.stop(pid, Path(mp), self._procs.pop(key, None))
                 else:
                     daemons.unmount(mp)
+                    self.fdkeeper.drop(mp)
                     proc = self._procs.pop(key, None)
                     if proc is not None:
                         proc.wait()
@@ -341,6 +401,7 @@ class RemoteLayers:
     def recover(self) -> None:
         """At start: adopt live daemons of the last run, replace dead ones, drop stray mounts."""
         with self._lock:
+            self._fd_store()
             known = set()
             for key, mp, pid, spec in self.store.daemons():
                 known.add(Path(mp).name)
