@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import io
 import json
-import resource
 import sys
 import tarfile
 
@@ -64,7 +63,20 @@ def main(kind: str, n: int, workdir: str) -> None:
     print(json.dumps({"files": r.files, "chunks": r.chunks, "uncompressed": r.uncompressed_size,
                       "blob_size": r.blob_size, "bootstrap_offset": r.bootstrap_offset,
                       "bootstrap_size": r.bootstrap_size,
-                      "maxrss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
+                      "maxrss": peak_rss()}))
+
+
+def peak_rss() -> int:
+    """This process's own peak RSS in bytes.
+
+    Not getrusage(): Linux carries ru_maxrss across execve, so a child of a big pytest process
+    would report the parent's peak at fork time. VmHWM belongs to the address space that
+    execve created."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
 
 
 if __name__ == "__main__":
