@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import benchmarks.images  # noqa: F401  (puts the repo root on sys.path for tests.support)
+from snapshotter.leftovers import stop_leftover_daemons
 from tests.support.containerd import Containerd, SnapshotterProc, start_containerd, start_snapshotter
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -147,29 +148,10 @@ class ColdNode:
             try:
                 if self.snap is not None:
                     self.snap.stop()
-                    _stop_daemons(self.snap_root)
+                    stop_leftover_daemons(self.snap_root)
             finally:
                 _unmount_under(self.dir)
                 shutil.rmtree(self.dir, ignore_errors=True)
-
-
-def _stop_daemons(root: Path) -> None:
-    """The fusefs daemons outlive the snapshotter by design: stop them by PID from its state."""
-    from snapshotter import daemons
-    from snapshotter.store import Store
-
-    db = root / "metadata.db"
-    if not db.exists():
-        return
-    store = Store(db)
-    try:
-        for _key, mp, pid, _spec in store.daemons():
-            if daemons.alive(pid) and daemons.cmdline_has(pid, mp):
-                daemons.stop(pid, Path(mp))
-            else:
-                daemons.unmount(mp)
-    finally:
-        store.close()
 
 
 def _unmount_under(path: Path) -> None:

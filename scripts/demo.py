@@ -84,21 +84,9 @@ def cleanup_previous() -> None:
 def stop_daemons(root: Path) -> None:
     """Stops the fusefs daemons the snapshotter left for adoption (by PID, from its state)."""
     sys.path.insert(0, str(ROOT))
-    from snapshotter import daemons
-    from snapshotter.store import Store
+    from snapshotter.leftovers import stop_leftover_daemons
 
-    db = root / "metadata.db"
-    if not db.exists():
-        return
-    store = Store(db)
-    try:
-        for _key, mp, pid, _spec in store.daemons():
-            if daemons.alive(pid) and daemons.cmdline_has(pid, mp):
-                daemons.stop(pid, Path(mp))
-            else:
-                daemons.unmount(mp)
-    finally:
-        store.close()
+    stop_leftover_daemons(root)
 
 
 def _interrupt(signum: int, frame: object) -> None:
