@@ -44,23 +44,22 @@ from typing import Any, Protocol
 import trio
 
 from fusefs.fresh import FreshChunks
+from fusefs.plan import (
+    DEFAULT_GAP_BYTES,
+    DEFAULT_MAX_REQUEST,
+    ChunkRef,
+    RangeRequest,
+    batch_requests,
+    plan_requests,
+)
 from fusefs.stream import DEFAULT_STREAM_REQUEST, STREAM_MIN, RangeBodyLike, Stream, range_opener, run_stream
 
 log = logging.getLogger(__name__)
 
-#: 100 Mbit/s * 20 ms = 250 KB: below this a gap is cheaper to download than to skip.
-DEFAULT_GAP_BYTES = 256 * 1024
-#: Upper bound of one range request (keeps several requests in flight on big reads).
-DEFAULT_MAX_REQUEST = 4 * 1024 * 1024
 #: Concurrent on-demand requests (HTTP connections) per daemon.
 DEFAULT_MAX_INFLIGHT = 8
 #: Concurrent prefetch requests; prefetch never takes the on-demand slots.
 DEFAULT_PREFETCH_SLOTS = 2
-
-
-def gap_for_link(bandwidth_bits: float, rtt_seconds: float) -> int:
-    """The largest gap worth bridging on a link: the bytes one round trip could carry."""
-    return int(bandwidth_bits / 8 * rtt_seconds)
 
 
 class FetchError(Exception):
@@ -90,75 +89,6 @@ class BlobSource(Protocol):
 class ChunkStoreLike(Protocol):
     def contains(self, digest: bytes) -> bool: ...
     def put(self, digest: bytes, data: bytes) -> None: ...
-
-
-@dataclass(frozen=True)
-class ChunkRef:
-    """One chunk of one blob: ``info`` is an imgformat ``ChunkInfo`` (comp_offset,
-    comp_size, uncomp_size, digest)."""
-
-    blob: str
-    info: Any
-
-    @property
-    def digest(self) -> bytes:
-        return self.info.digest
-
-
-@dataclass
-class RangeRequest:
-    """One planned GET: bytes ``[start, end)`` of ``blob`` holding ``chunks``."""
-
-    blob: str
-    start: int
-    end: int
-    chunks: list[ChunkRef] = field(default_factory=list)
-
-    @property
-    def size(self) -> int:
-        return self.end - self.start
-
-
-def plan_requests(chunks: Iterable[ChunkRef], *, gap_bytes: int = DEFAULT_GAP_BYTES,
-                  max_request: int = DEFAULT_MAX_REQUEST) -> list[RangeRequest]:
-    """Merge chunks into range requests (see module doc). Pure; order: blob, offset."""
-    by_blob: dict[str, list[ChunkRef]] = {}
-    for ref in chunks:
-        by_blob.setdefault(ref.blob, []).append(ref)
-    plans: list[RangeRequest] = []
-    for blob in sorted(by_blob):
-        refs = sorted(by_blob[blob], key=lambda r: (r.info.comp_offset, r.info.comp_size))
-        cur: RangeRequest | None = None
-        for ref in refs:
-            start = ref.info.comp_offset
-            end = start + ref.info.comp_size
-            if (cur is not None and start - cur.end <= gap_bytes
-                    and max(end, cur.end) - cur.start <= max_request):
-                cur.end = max(cur.end, end)
-                cur.chunks.append(ref)
-                continue
-            cur = RangeRequest(blob, start, end, [ref])
-            plans.append(cur)
-    return plans
-
-
-#: Spans per multi-range request (the registry client's own cap is 64).
-MAX_SPANS = 32
-
-
-def batch_requests(plans: list[RangeRequest], slots: int, max_spans: int = MAX_SPANS) -> list[list[RangeRequest]]:
-    """Group planned ranges into requests: one range per request while they fit in
-    ``slots``; beyond that, consecutive ranges of a blob share a multi-range request."""
-    if len(plans) <= slots:
-        return [[p] for p in plans]
-    per = min(max_spans, -(-len(plans) // slots))
-    out: list[list[RangeRequest]] = []
-    for p in plans:
-        if out and out[-1][0].blob == p.blob and len(out[-1]) < per:
-            out[-1].append(p)
-        else:
-            out.append([p])
-    return out
 
 
 def _unique(refs: Iterable[ChunkRef]) -> list[ChunkRef]:

@@ -15,7 +15,8 @@ import pytest
 import trio
 import zstandard
 
-from fusefs.fetcher import ChunkCorrupted, ChunkRef, Fetcher, FetchError, batch_requests, plan_requests
+from fusefs.fetcher import ChunkCorrupted, ChunkRef, Fetcher, FetchError
+from fusefs.plan import batch_requests, plan_requests
 from fusefs.store import ChunkStore
 from imgformat.chunk import decode_chunk
 from imgformat.records import ChunkInfo
