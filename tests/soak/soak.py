@@ -241,10 +241,13 @@ class Soak:
                 "leaked_fds": len(os.listdir("/proc/self/fd")) - own_fds, "failures": self.failures[:50]}
 
 
-def main(argv: list[str] | None = None) -> int:
+def run_cli(argv: list[str] | None, soak_cls, module: str, passed, description: str) -> int:
+    """The long form's command line, shared by both soaks: a private registry, one run of
+    ``soak_cls(host, workdir, seed).run(seconds)``, the result as JSON (``--out`` to keep it);
+    exit 0 only when ``passed(result)``."""
     from tests.support.registry import start_registry
 
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(description=description)
     p.add_argument("--seconds", type=float, default=600)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None)
@@ -252,17 +255,22 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="imgfs-soak-") as tmp:
         reg = start_registry(Path(tmp) / "registry")
         try:
-            result = Soak(reg.host, Path(tmp) / "work", args.seed).run(args.seconds)
+            result = soak_cls(reg.host, Path(tmp) / "work", args.seed).run(args.seconds)
         finally:
             reg.stop()
     result["date"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    result["command"] = f"python -m tests.soak.soak --seconds {args.seconds:g} --seed {args.seed}"
+    result["command"] = f"python -m {module} --seconds {args.seconds:g} --seed {args.seed}"
     text = json.dumps(result, indent=1)
     print(text)
     if args.out:
         Path(args.out).write_text(text + "\n")
-    ok = not result["failures"] and result["reads_wrong"] == 0 and not result["leaked_mounts"]
-    return 0 if ok and not result["leaked_daemons"] else 1
+    return 0 if passed(result) else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(argv, Soak, "tests.soak.soak", lambda r: (
+        not r["failures"] and r["reads_wrong"] == 0 and not r["leaked_mounts"] and not r["leaked_daemons"]),
+        __doc__.split("\n")[0])
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ or ``python -m tests.soak.soak_containers --seconds N --out FILE.json``.
 """
 from __future__ import annotations
 
-import argparse
 import gzip
 import hashlib
 import io
@@ -23,7 +22,6 @@ import os
 import random
 import sys
 import tarfile
-import tempfile
 import threading
 import time
 import uuid
@@ -234,26 +232,10 @@ class ContainerSoak:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from tests.support.registry import start_registry
+    from tests.soak.soak import run_cli
 
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--seconds", type=float, default=600)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=None)
-    args = p.parse_args(argv)
-    with tempfile.TemporaryDirectory(prefix="imgfs-soakc-") as tmp:
-        reg = start_registry(Path(tmp) / "registry")
-        try:
-            result = ContainerSoak(reg.host, Path(tmp) / "work", args.seed).run(args.seconds)
-        finally:
-            reg.stop()
-    result["date"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    result["command"] = f"python -m tests.soak.soak_containers --seconds {args.seconds:g} --seed {args.seed}"
-    text = json.dumps(result, indent=1)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
-    return 0 if not result["failures"] and result["digests_wrong"] == 0 and not result["leaked_mounts"] else 1
+    return run_cli(argv, ContainerSoak, "tests.soak.soak_containers", lambda r: (
+        not r["failures"] and r["digests_wrong"] == 0 and not r["leaked_mounts"]), __doc__.split("\n")[0])
 
 
 if __name__ == "__main__":
