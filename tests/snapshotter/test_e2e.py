@@ -10,7 +10,6 @@ import os
 import re
 import signal
 import subprocess
-import time
 
 import grpc
 import pytest
@@ -20,6 +19,7 @@ from imgformat import constants as C
 from snapshotter.proto import snapshots_pb2 as pb
 from snapshotter.proto import snapshots_pb2_grpc as pbg
 from tests.snapshotter.conftest import CACHE_CAP
+from tests.support.wait import wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -62,16 +62,6 @@ def gone(stack, part: str) -> bool:
     """After a synchronous GC: no snapshot of the snapshotter has `part` in its key."""
     stack.sync_gc()
     return not [i for i in backend_snapshots(stack) if part in i[0]]
-
-
-def wait_for(cond, what: str, timeout: float = 60):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = cond()
-        if v:
-            return v
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 def test_plain_image_runs_through_imgfs(stack, tiny_refs):

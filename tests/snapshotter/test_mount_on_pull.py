@@ -7,7 +7,6 @@ is driven directly (what its Prepare calls), so no containerd is needed for this
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -18,16 +17,7 @@ from snapshotter import config, daemons
 from snapshotter import labels as lb
 from snapshotter.remote import RemoteLayers
 from snapshotter.store import Store
-
-
-def _wait_for(cond, what: str, timeout: float = 60):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = cond()
-        if v:
-            return v
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+from tests.support.wait import wait_for
 
 
 @pytest.fixture
@@ -69,7 +59,7 @@ def test_daemon_starts_during_the_pull_and_waits_for_its_container(remote, regis
     mp = remote.mountpoint(remote.image_key(image))
     timing_file = remote.daemon_dir / mp.name / "timing.json"
     # nobody asked for the mount: the pull's first layer started it
-    _wait_for(lambda: timing_file.exists() and daemons.healthy(mp), "the early daemon's mount")
+    wait_for(lambda: timing_file.exists() and daemons.healthy(mp), "the early daemon's mount")
     timing = json.loads(timing_file.read_text())
     assert timing["why"] == "pull" and timing["ready"] >= timing["spawned"]
     pid = timing["pid"]
@@ -86,5 +76,5 @@ def test_daemon_starts_during_the_pull_and_waits_for_its_container(remote, regis
     assert any(json.loads(ln)["path"] == "usr/bin" for ln in log.splitlines())
 
     remote.release_unused(list)                  # claimed, then unused: released as usual
-    _wait_for(lambda: not daemons.alive(pid), "the released daemon to exit")
+    wait_for(lambda: not daemons.alive(pid), "the released daemon to exit")
     assert not daemons.mounted(mp) and remote.store.daemons() == []

@@ -10,29 +10,19 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 from pathlib import Path
 
 import pytest
 
 from snapshotter import daemons
 from tests.snapshotter.conftest import make_stack
+from tests.support.wait import wait_for
 
 pytestmark = pytest.mark.e2e
 
 LOOP = ('i=0; while [ ! -e /out/stop ]; do i=$((i+1)); '
         'if /usr/bin/sleep 0.05; then echo "ok $i" >> /out/log; else echo "FAIL $i" >> /out/log; fi; '
         'done; echo done >> /out/log')
-
-
-def wait_for(cond, what: str, timeout: float = 60):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = cond()
-        if v:
-            return v
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 def mount_id(mp: str) -> str:
