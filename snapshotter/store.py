@@ -152,15 +152,7 @@ class Store:
             raise InvalidArgument("snapshot key must not be empty: invalid argument")
         now = time.time_ns()
         with self.tx() as c:
-            if parent:
-                p = c.execute("SELECT kind FROM snapshots WHERE key=?", (parent,)).fetchone()
-                if p is None:
-                    raise NotFound(f"parent snapshot {parent!r} does not exist: not found")
-                if p[0] != COMMITTED:
-                    raise FailedPrecondition(f"parent {parent!r} is not committed snapshot: "
-                                             "failed precondition")
-            if c.execute("SELECT 1 FROM snapshots WHERE key=?", (key,)).fetchone():
-                raise AlreadyExists(f"snapshot {key!r}: already exists")
+            _check_new(c, key, parent)
             c.execute("INSERT INTO snapshots(key, parent, kind, labels, created_ns, updated_ns) "
                       "VALUES(?,?,?,?,?,?)", (key, parent, kind, json.dumps(labels), now, now))
         return self.get(key)
@@ -170,15 +162,7 @@ class Store:
         """Records a remote (imgfs) layer as committed in one step (skip-pull)."""
         now = time.time_ns()
         with self.tx() as c:
-            if parent:
-                p = c.execute("SELECT kind FROM snapshots WHERE key=?", (parent,)).fetchone()
-                if p is None:
-                    raise NotFound(f"parent snapshot {parent!r} does not exist: not found")
-                if p[0] != COMMITTED:
-                    raise FailedPrecondition(f"parent {parent!r} is not committed snapshot: "
-                                             "failed precondition")
-            if c.execute("SELECT 1 FROM snapshots WHERE key=?", (key,)).fetchone():
-                raise AlreadyExists(f"snapshot {key!r}: already exists")
+            _check_new(c, key, parent)
             c.execute("INSERT INTO snapshots(key, parent, kind, labels, created_ns, updated_ns, size, "
                       "remote) VALUES(?,?,?,?,?,?,?,?)",
                       (key, parent, COMMITTED, json.dumps(labels), now, now, size, json.dumps(remote)))
@@ -259,3 +243,15 @@ class _Tx:
             self._s._db.execute("ROLLBACK" if exc_type else "COMMIT")
         finally:
             self._s._lock.release()
+
+
+def _check_new(c: sqlite3.Connection, key: str, parent: str) -> None:
+    """containerd's rules for a new snapshot: the parent exists and is committed, the key is free."""
+    if parent:
+        p = c.execute("SELECT kind FROM snapshots WHERE key=?", (parent,)).fetchone()
+        if p is None:
+            raise NotFound(f"parent snapshot {parent!r} does not exist: not found")
+        if p[0] != COMMITTED:
+            raise FailedPrecondition(f"parent {parent!r} is not committed snapshot: failed precondition")
+    if c.execute("SELECT 1 FROM snapshots WHERE key=?", (key,)).fetchone():
+        raise AlreadyExists(f"snapshot {key!r}: already exists")
