@@ -14,21 +14,22 @@ import re
 import sys
 from pathlib import Path
 
+from converter.budget import DEFAULT_MIN_FREE
 from converter.errors import EXIT_USAGE, UsageError, exit_code_for
 from converter.location import parse_location
 
 log = logging.getLogger("imgconv")
-_SIZE_RE = re.compile(r"^(\d+)([KkMm]i?[Bb]?)?$")
+_SIZE_RE = re.compile(r"^(\d+)([KkMmGgTt]i?[Bb]?)?$")
 
 
 def parse_size(text: str) -> int:
-    """`1048576`, `1M`, `1MiB`, `64K`: chunk sizes are powers of two in practice."""
+    """`1048576`, `1M`, `1MiB`, `64K`, `2G` (binary units: 1K = 1024)."""
     m = _SIZE_RE.match(text.strip())
     if not m:
         raise argparse.ArgumentTypeError(f"bad size {text!r}: use e.g. 1M, 256K or a byte count")
     n = int(m.group(1))
     unit = (m.group(2) or "").lower()[:1]
-    return n * {"": 1, "k": 1 << 10, "m": 1 << 20}[unit]
+    return n * {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}[unit]
 
 
 def parse_compression(text: str) -> int:
@@ -72,6 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print a machine-readable summary")
     p.add_argument("--workdir", type=Path, help="where converted blobs are spooled (default: $TMPDIR)")
     p.add_argument("--jobs", type=int, default=0, help="layers converted at once (default: cores)")
+    p.add_argument("--max-layer-size", type=parse_size, default=0, metavar="SIZE",
+                   help="fail a layer whose uncompressed tar is larger (e.g. 64G; default 0: no cap)")
+    p.add_argument("--min-free", type=parse_size, default=DEFAULT_MIN_FREE, metavar="SIZE",
+                   help="fail when the work dir's free space drops below this while spooling "
+                        "(default 1G; 0: no check)")
     p.add_argument("--dedup", action="store_true",
                    help="do not store chunks a lower layer already has (upper blobs are then no longer "
                         "complete tar+zstd layers; docs/dedup.md)")
@@ -136,7 +142,8 @@ def _cmd_convert(args: argparse.Namespace) -> int:
         prefetch = prefetch_from_traces(args.prefetch_from_trace, args.chunk_size)
     opts = ConvertOptions(chunk_size=args.chunk_size, level=args.compression, prefetch=prefetch,
                           workdir=args.workdir, jobs=args.jobs, platform=args.platform,
-                          all_platforms=args.all_platforms)
+                          all_platforms=args.all_platforms, max_layer_size=args.max_layer_size or None,
+                          min_free=args.min_free)
     if args.dedup or args.chunk_dict:
         from converter.dedupcli import dedup_options
 

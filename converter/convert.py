@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from converter.budget import DEFAULT_MIN_FREE, LayerBudget
 from converter.errors import BadInput
 from converter.image import ImageSet, SourceImage, canonical_json, open_images
 from converter.location import Location
@@ -43,6 +44,8 @@ class ConvertOptions:
     all_platforms: bool = False
     dedup: bool = False                   # chunks of lower layers not stored again (converter/dedupconv.py)
     chunk_dict: Any = None                # dedup.chunkdict.ChunkDict: chunks stored in other images
+    max_layer_size: int | None = None     # uncompressed bytes per layer (converter/budget.py); None: no cap
+    min_free: int = DEFAULT_MIN_FREE      # free space the work dir keeps while spooling
 
 
 @dataclass
@@ -97,7 +100,9 @@ def _convert_one(img: SourceImage, index: int, opts: ConvertOptions, work: Path,
     try:
         with checker, open(tmp, "wb") as out:
             try:
-                res = convert_layer(tar, out, chunk_size=opts.chunk_size,
+                budget = LayerBudget(tar, f"layer {index} ({layer.digest})", work,
+                                     max_size=opts.max_layer_size, min_free=opts.min_free)
+                res = convert_layer(budget, out, chunk_size=opts.chunk_size,
                                     level=opts.level, prefetch=opts.prefetch, workdir=work,
                                     chunk_dict=chunk_dict)
             except FormatError as e:
