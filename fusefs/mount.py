@@ -30,7 +30,7 @@ from fusefs.control import serve_control, state_json
 from fusefs.fetcher import DEFAULT_GAP_BYTES, DEFAULT_MAX_INFLIGHT, DEFAULT_MAX_REQUEST, Fetcher
 from fusefs.metrics import Metrics
 from fusefs.ops import Operations
-from fusefs.prefetch import Prefetcher
+from fusefs.prefetch import Prefetcher, kernel_readahead_kib
 from fusefs.reader import DEFAULT_READAHEAD, DEFAULT_SMALL_FILE, FileReader, ReaderConfig
 from fusefs.source import ImageError, LayerRef, SourceError, open_image
 from fusefs.store import ChunkStore
@@ -296,8 +296,9 @@ async def run_mount(cfg: MountConfig, on_ready: Callable[[], None] = lambda: Non
                     await conn.attach()
                 reader.spawn = nursery.start_soon
                 await trio.to_thread.run_sync(_touch_root, cfg.mountpoint)
-                await trio.to_thread.run_sync(_tune_kernel_readahead, cfg.mountpoint,
-                                              cfg.kernel_readahead_kib)
+                kib = cfg.kernel_readahead_kib          # smaller for a prefetch table: fusefs.prefetch
+                kib = kernel_readahead_kib(bootstraps, kib) if prefetcher is not None else kib
+                await trio.to_thread.run_sync(_tune_kernel_readahead, cfg.mountpoint, kib)
                 if cfg.control_socket:
                     await nursery.start(serve_control, cfg.control_socket, control)
                 started["mount_seconds"] = round(time.monotonic() - t0, 4)
