@@ -6,9 +6,9 @@ import pytest
 
 from tests.converter.conftest import imgconv
 from tests.dedup.images import debian_v2_image
-from tests.snapshotter.conftest import make_stack
 from tests.support.fixtures import CACHE_DIR
 from tests.support.images import debian_image
+from tests.support.stack import make_stack
 
 
 @pytest.fixture(scope="module")

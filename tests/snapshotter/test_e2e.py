@@ -120,8 +120,8 @@ def test_two_containers_share_one_daemon_and_cleanup_frees_all(stack, debian_ref
 
 def test_prepare_with_registry_down_falls_back_loudly(stack, fresh_registry, tiny_refs):
     """A Prepare naming an imgfs layer whose registry is unreachable unpacks plainly, and logs why."""
-    from tests.snapshotter.conftest import imgconv
-    from tests.snapshotter.tinyimage import push_tiny_image
+    from tests.support.stack import imgconv
+    from tests.support.tinyimage import push_tiny_image
 
     host = fresh_registry.host
     push_tiny_image(host, "down", "plain")

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from snapshotter import daemons
-from tests.snapshotter.conftest import make_stack
+from tests.support.stack import make_stack
 from tests.support.wait import wait_for
 
 pytestmark = pytest.mark.e2e

@@ -32,9 +32,9 @@ import requests
 
 from benchmarks.proxy import FAULTS, ShapingProxy
 from snapshotter import daemons
-from tests.snapshotter.conftest import Stack, imgconv, make_stack
-from tests.snapshotter.tinyimage import _put_blob
 from tests.soak.soak import BLOB_GET, _rss_fds
+from tests.support.stack import Stack, imgconv, make_stack
+from tests.support.tinyimage import put_blob
 
 BINARIES = ("/usr/bin/dash", "/usr/bin/sha256sum", "/lib/x86_64-linux-gnu/libc.so.6",
             "/lib64/ld-linux-x86-64.so.2")
@@ -78,9 +78,9 @@ def push_image(host: str, repo: str, files: dict[str, bytes]) -> None:
     manifest = json.dumps({
         "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
         "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
-                   "digest": _put_blob(base, repo, config), "size": len(config)},
+                   "digest": put_blob(base, repo, config), "size": len(config)},
         "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
-                    "digest": _put_blob(base, repo, layer), "size": len(layer)}]}).encode()
+                    "digest": put_blob(base, repo, layer), "size": len(layer)}]}).encode()
     requests.put(f"{base}/v2/{repo}/manifests/plain", data=manifest, timeout=30,
                  headers={"Content-Type": "application/vnd.oci.image.manifest.v1+json"}).raise_for_status()
 

@@ -39,7 +39,7 @@ def _layer() -> tuple[bytes, str]:
     return gzip.compress(raw.getvalue(), mtime=0), diff_id
 
 
-def _put_blob(base: str, repo: str, data: bytes) -> str:
+def put_blob(base: str, repo: str, data: bytes) -> str:
     digest = "sha256:" + hashlib.sha256(data).hexdigest()
     r = requests.post(f"{base}/v2/{repo}/blobs/uploads/", timeout=30)
     r.raise_for_status()
@@ -56,11 +56,11 @@ def push_tiny_image(registry_host: str, repo: str, tag: str = "latest") -> str:
     """Pushes the image to http://registry_host/repo:tag; returns the manifest digest."""
     base = f"http://{registry_host}"
     layer, diff_id = _layer()
-    layer_digest = _put_blob(base, repo, layer)
+    layer_digest = put_blob(base, repo, layer)
     config = json.dumps({"architecture": "amd64", "os": "linux",
                          "config": {"Cmd": ["/bin/sh"], "Env": ["PATH=/usr/bin:/bin"]},
                          "rootfs": {"type": "layers", "diff_ids": [diff_id]}}).encode()
-    config_digest = _put_blob(base, repo, config)
+    config_digest = put_blob(base, repo, config)
     manifest = json.dumps({
         "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
         "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest,
