@@ -1,7 +1,8 @@
 """One mount's lifetime: resolve the image, fetch bootstraps, serve FUSE, prefetch, unmount.
 
 Order (stargz's fs.Mount, adapted): resolve the manifest -> fetch every layer's bootstrap
-with one range request each, all in parallel -> merge them (whiteouts applied) -> open
+with one range request each, all in parallel (none for those in the node's bootstrap
+cache, ``fusefs.bootcache``: the snapshotter leaves them there at pull) -> merge them (whiteouts applied) -> open
 the chunk store -> ``pyfuse3.init`` -> serve; the mount is *ready* once a first request
 (open/close of the root, see below) went through, and only then does prefetch start and
 the caller hear "ready". SIGTERM/SIGINT/SIGHUP, or an external ``fusermount3 -u``, end
@@ -26,6 +27,7 @@ import pyfuse3
 import trio
 
 from fusefs.accesslog import AccessLog
+from fusefs.bootcache import BootstrapCache
 from fusefs.control import serve_control, state_json
 from fusefs.fetcher import DEFAULT_GAP_BYTES, DEFAULT_MAX_INFLIGHT, DEFAULT_MAX_REQUEST, Fetcher
 from fusefs.metrics import Metrics
@@ -83,7 +85,7 @@ class MountConfig:
             raise ValueError("max_request, max_inflight and prefetch_slots must be positive")
 
 
-def _fetch_bootstrap(source: Any, layer: LayerRef, attempts: int = 3) -> Any:
+def _fetch_bootstrap(source: Any, layer: LayerRef, attempts: int = 3, cache: BootstrapCache | None = None) -> Any:
     """One range request for the layer's bootstrap (two if the annotations lack its place).
 
     Bytes that do not match the pinned digest are fetched again (``attempts`` in all): a
@@ -94,7 +96,7 @@ def _fetch_bootstrap(source: Any, layer: LayerRef, attempts: int = 3) -> Any:
 
     for attempt in range(1, attempts + 1):
         try:
-            return _fetch_bootstrap_once(source, layer)
+            return _fetch_bootstrap_once(source, layer, cache)
         except (ImageError, ImgFormatError) as exc:
             if attempt == attempts:
                 raise
@@ -103,10 +105,15 @@ def _fetch_bootstrap(source: Any, layer: LayerRef, attempts: int = 3) -> Any:
     raise AssertionError("unreachable")
 
 
-def _fetch_bootstrap_once(source: Any, layer: LayerRef) -> Any:
+def _fetch_bootstrap_once(source: Any, layer: LayerRef, cache: BootstrapCache | None = None) -> Any:
+    """The layer's bootstrap: from the node's bootstrap cache when its pinned digest is there
+    (the snapshotter verified it at pull), else one range request (verified, then cached)."""
     from imgformat.bootstrap import Bootstrap
     from imgformat.footer import FOOTER_SIZE, parse_footer
 
+    cached = cache.get(layer.bootstrap_digest) if cache is not None else None
+    if cached is not None:
+        return Bootstrap.from_blob_bytes(cached, blob_digest=layer.digest)
     off, size = layer.bootstrap_offset, layer.bootstrap_size
     if off is None or size is None:
         off, size = parse_footer(source.get_range(layer.digest, layer.size - FOOTER_SIZE, layer.size))
@@ -116,7 +123,10 @@ def _fetch_bootstrap_once(source: Any, layer: LayerRef) -> Any:
         if got != layer.bootstrap_digest:
             raise ImageError(f"layer {layer.digest}: bootstrap digest {got} does not match "
                              f"the pinned {layer.bootstrap_digest}")
-    return Bootstrap.from_blob_bytes(payload, blob_digest=layer.digest)
+    bootstrap = Bootstrap.from_blob_bytes(payload, blob_digest=layer.digest)
+    if cache is not None and layer.bootstrap_digest:
+        cache.put(layer.bootstrap_digest, payload)
+    return bootstrap
 
 
 async def load_image(cfg: MountConfig) -> tuple[list[LayerRef], Any, list[Any], Any]:
@@ -131,10 +141,11 @@ async def load_image(cfg: MountConfig) -> tuple[list[LayerRef], Any, list[Any], 
             raise ImageError(f"--layer {cfg.layer}: the image has {len(layers)} layers")
         layers = [layers[cfg.layer]]
     bootstraps: list[Any] = [None] * len(layers)
+    cache = BootstrapCache(cfg.cache_dir)
 
     async def one(i: int) -> None:
         try:
-            bootstraps[i] = await trio.to_thread.run_sync(_fetch_bootstrap, source, layers[i])
+            bootstraps[i] = await trio.to_thread.run_sync(_fetch_bootstrap, source, layers[i], 3, cache)
         except ImgFormatError as exc:
             raise ImageError(f"layer {i} ({layers[i].digest}): {exc}") from exc
         except (ImageError, SourceError):
@@ -219,8 +230,8 @@ async def run_mount(cfg: MountConfig, on_ready: Callable[[], None] = lambda: Non
     before ``on_ready`` is called; after it, errors of single reads are EIO and logged.
     """
     t0 = time.monotonic()
-    layers, source, bootstraps, view = await load_image(cfg)
     await trio.to_thread.run_sync(private_dir, cfg.cache_dir)
+    layers, source, bootstraps, view = await load_image(cfg)
     store = await trio.to_thread.run_sync(ChunkStore, cfg.cache_dir, cfg.cache_size)
     from imgformat.chunk import decode_chunk
 

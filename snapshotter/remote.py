@@ -94,6 +94,7 @@ class RemoteLayers:
             return None
 
     def _verify(self, info: lb.LayerLabels) -> dict:
+        from fusefs.bootcache import BootstrapCache
         from imgformat import constants as C
         from imgformat.bootstrap import Bootstrap
         from registry.reference import parse_reference
@@ -122,6 +123,8 @@ class RemoteLayers:
         # Decoding checks the structure too (header, tables): a layer fusefs could not mount is
         # better unpacked plainly now than failing at container start.
         Bootstrap.from_blob_bytes(payload, blob_digest=info.layer_digest)
+        # the daemon that mounts the image reads it from there instead of fetching it again
+        BootstrapCache(self.cfg.cache).put(info.bootstrap_digest, payload)
         index = digests.index(info.layer_digest)
         log.info("imgfs layer %d/%d %s of %s verified (bootstrap %d bytes, one range request)",
                  index + 1, len(digests), info.layer_digest, info.image_ref, len(payload))

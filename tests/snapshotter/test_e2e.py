@@ -82,12 +82,19 @@ def test_rpull_fetches_no_layer_in_full_and_runs(stack, registry, debian_refs):
     assert all(status == 206 and written < layers[d] for d, status, written in gets), gets
     assert "skip-pull" in stack.snap.log_text()
 
+    # the bootstraps the pull verified are left in the node's bootstrap cache for the daemon
+    descs = manifest(registry.host, ref)["layers"]
+    boot = {d["digest"]: int(d["annotations"]["containerd.io/snapshot/imgfs.bootstrap.size"]) for d in descs}
+    cached = {p.name for p in (stack.snap.root / "cache" / "bootstraps").iterdir()}
+    assert {d["annotations"]["containerd.io/snapshot/imgfs.bootstrap.digest"][7:] for d in descs} <= cached
+
     since = log_lines(registry)
     out = stack.run(ref, "lazy-1", *PY)
     assert out.strip() == "hello from cpython"
     gets = blob_gets(registry, since, set(layers))
     assert all(status == 206 for _, status, _ in gets), gets       # ranges only, no full blob
     assert sum(w for _, _, w in gets) < sum(layers.values())
+    assert not [g for g in gets if g[2] == boot[g[0]]], gets       # the daemon fetched no bootstrap
 
 
 def test_two_containers_share_one_daemon_and_cleanup_frees_all(stack, debian_refs):
