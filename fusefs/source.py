@@ -101,11 +101,19 @@ class OciDirSource:
         return f"oci:{self.root}"
 
 
-def layers_from_manifest(manifest: dict) -> list[LayerRef]:
-    """The imgfs layers of an image manifest, bottom first; ImageError if there are none."""
+def layers_from_manifest(manifest: dict, count: int | None = None) -> list[LayerRef]:
+    """The imgfs layers of an image manifest, bottom first; ImageError if there are none.
+
+    ``count``: only the bottom ``count`` layers (an image whose upper layers are plain, e.g.
+    built FROM an imgfs image: the snapshotter stacks those above this mount).
+    """
     layers = manifest.get("layers")
     if not isinstance(layers, list) or not layers:
         raise ImageError("manifest has no layers")
+    if count is not None:
+        if not 0 < count <= len(layers):
+            raise ImageError(f"--layer-count {count}: the image has {len(layers)} layers")
+        layers = layers[:count]
     out = []
     for i, desc in enumerate(layers):
         ann = desc.get("annotations") or {}
@@ -124,17 +132,19 @@ def layers_from_manifest(manifest: dict) -> list[LayerRef]:
 
 
 def open_image(image: str, *, plain_http: bool = False, insecure: bool = False,
-               retries: int = 4, timeout: float = 30.0) -> tuple[list[LayerRef], Any, str]:
-    """Resolve IMAGE; return (imgfs layers bottom first, blob source, manifest digest)."""
+               retries: int = 4, timeout: float = 30.0,
+               layer_count: int | None = None) -> tuple[list[LayerRef], Any, str]:
+    """Resolve IMAGE; return (imgfs layers bottom first, blob source, manifest digest).
+    ``layer_count``: only the bottom layers (``layers_from_manifest``)."""
     if image.startswith("docker://"):
-        return _open_registry(image[len("docker://"):], plain_http, insecure, retries, timeout)
+        return _open_registry(image[len("docker://"):], plain_http, insecure, retries, timeout, layer_count)
     if image.startswith("oci:"):
-        return _open_oci(image[len("oci:"):])
+        return _open_oci(image[len("oci:"):], layer_count)
     raise ImageError(f"unknown image location {image!r}: use docker://HOST/REPO:TAG or oci:DIR[:TAG]")
 
 
 def _open_registry(ref_text: str, plain_http: bool, insecure: bool, retries: int,
-                   timeout: float) -> tuple[list[LayerRef], Any, str]:
+                   timeout: float, layer_count: int | None = None) -> tuple[list[LayerRef], Any, str]:
     from registry.client import RegistryClient, RegistryError
     from registry.reference import InvalidReference, parse_reference
 
@@ -148,10 +158,11 @@ def _open_registry(ref_text: str, plain_http: bool, insecure: bool, retries: int
         manifest = client.resolve(ref)
     except RegistryError as exc:
         raise SourceError(str(exc)) from exc
-    return layers_from_manifest(manifest.json), RegistrySource(client, ref.repository), manifest.digest
+    return (layers_from_manifest(manifest.json, layer_count), RegistrySource(client, ref.repository),
+            manifest.digest)
 
 
-def _open_oci(rest: str) -> tuple[list[LayerRef], Any, str]:
+def _open_oci(rest: str, layer_count: int | None = None) -> tuple[list[LayerRef], Any, str]:
     path, tag = rest, None
     head, sep, tail = rest.rpartition(":")
     if sep and head and "/" not in tail:
@@ -178,4 +189,4 @@ def _open_oci(rest: str) -> tuple[list[LayerRef], Any, str]:
         manifest = json.loads(data)
     except ValueError as exc:
         raise ImageError(f"oci:{rest}: manifest {digest} does not parse: {exc}") from exc
-    return layers_from_manifest(manifest), src, digest
+    return layers_from_manifest(manifest, layer_count), src, digest
