@@ -68,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="after the prefetch table, fetch every chunk")
     m.add_argument("--access-log", default=None, help="write per-file accesses (JSON lines) here")
     m.add_argument("--layer", type=int, default=None, help="mount only layer N (0 = bottom), debugging")
+    m.add_argument("--layer-count", type=int, default=None, metavar="N",
+                   help="mount only the bottom N layers (an image whose upper layers are plain: "
+                        "the snapshotter stacks them above this mount)")
     m.add_argument("--config", default=None, help="TOML file with MountConfig keys (flags win)")
     m.add_argument("--log-file", default=None, help="daemon log (default: stderr; /dev/null with --daemon)")
     m.add_argument("--pid-file", default=None)
@@ -104,7 +107,7 @@ def _mount_config(args: argparse.Namespace) -> MountConfig:
         if unknown:
             raise QuietError(f"--config {args.config}: unknown keys {sorted(unknown)}", EXIT_USAGE)
     for key in ("cache_dir", "cache_size", "plain_http", "insecure", "control_socket", "prefetch",
-                "access_log", "layer", "fd_store"):
+                "access_log", "layer", "layer_count", "fd_store"):
         v = getattr(args, key)
         if v is not None:
             values[key] = v

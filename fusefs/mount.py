@@ -57,6 +57,7 @@ class MountConfig:
     prefetch: str = "table"          # "none" | "table" | "all"
     access_log: str | None = None
     layer: int | None = None
+    layer_count: int | None = None   # only the bottom N layers (the image's upper ones are plain)
     gap_bytes: int = DEFAULT_GAP_BYTES
     max_request: int = DEFAULT_MAX_REQUEST
     max_inflight: int = DEFAULT_MAX_INFLIGHT
@@ -77,6 +78,8 @@ class MountConfig:
             raise ValueError("cache_size must be positive")
         if self.layer is not None and self.layer < 0:
             raise ValueError("layer must be >= 0")
+        if self.layer_count is not None and (self.layer_count <= 0 or self.layer is not None):
+            raise ValueError("layer_count must be positive, and not combined with layer")
         for name in ("gap_bytes", "max_request", "max_inflight", "prefetch_slots", "small_file",
                      "readahead", "retries"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
@@ -135,7 +138,7 @@ async def load_image(cfg: MountConfig) -> tuple[list[LayerRef], Any, list[Any], 
 
     layers, source, _digest = await trio.to_thread.run_sync(
         lambda: open_image(cfg.image, plain_http=cfg.plain_http, insecure=cfg.insecure,
-                           retries=cfg.retries, timeout=cfg.timeout))
+                           retries=cfg.retries, timeout=cfg.timeout, layer_count=cfg.layer_count))
     if cfg.layer is not None:
         if not 0 <= cfg.layer < len(layers):
             raise ImageError(f"--layer {cfg.layer}: the image has {len(layers)} layers")
