@@ -4,13 +4,15 @@ Skip-pull: a layer whose labels name an imgfs layer (snapshotter.labels) is veri
 by fetching only its bootstrap (one range request, sha256 against the annotation)
 and recorded as committed; containerd then downloads nothing. Whatever goes wrong
 (plain layer, client without image labels, registry down, bad bootstrap, an image
-with plain layers that fusefs cannot mount) falls back to a plain unpack, logged
-at WARNING with the reason.
+with imgfs layers above plain ones) falls back to a plain unpack, logged at WARNING
+with the reason.
 
-Mounts: the image's fusefs mount (`imgfs mount docker://REPO@MANIFEST`) holds all
-its layers merged, whiteouts applied. A chain's lowerdir is that mount for the
-topmost remote layer (it stands for every layer below it too: all layers of an
-imgfs image are imgfs layers) plus the plain snapshots above it. The image used for
+Mounts: the image's fusefs mount (`imgfs mount docker://REPO@MANIFEST`) holds its imgfs
+layers merged, whiteouts applied: all of them, or the bottom N (`--layer-count`) of an
+image whose upper layers are plain (built FROM an imgfs image; containerd pulls and
+unpacks those as usual, onto overlays over the mount). A chain's lowerdir is that mount
+for the topmost remote layer (it stands for every layer below it too: the imgfs layers
+are the bottom of the image) plus the plain snapshots above it. The image used for
 a remote layer is one whose top layer it is (`tops` in its record): an image pulled
 later that ends at an existing layer is added to that list.
 
@@ -45,6 +47,21 @@ log = logging.getLogger("imgfs.snapshotter")
 TAG_TTL = 60.0    # seconds a resolved tag is trusted: one pull's layers ask within a few seconds
 EARLY_GRACE = 120.0  # seconds a daemon started by a pull (mount_on_pull) survives unused
 TAKEOVER_TRIES = 3   # new daemons tried on a live connection before it is unmounted and remade
+
+
+def imgfs_prefix(layers: list[dict]) -> int:
+    """How many of a manifest's layers, from the bottom, are imgfs layers. Plain layers may sit
+    above them (an image built FROM an imgfs image), not below or between: fusefs mounts the
+    imgfs layers as one merged tree at the bottom of the chain."""
+    from imgformat import constants as C
+
+    imgfs = [C.ANNOTATION_BOOTSTRAP_DIGEST in (d.get("annotations") or {}) for d in layers]
+    count = imgfs.index(False) if False in imgfs else len(imgfs)
+    if any(imgfs[count:]):
+        raise ValueError(f"the image has imgfs layers above plain layer {count} "
+                         f"({layers[count].get('digest')}): fusefs serves imgfs layers only below all "
+                         "plain ones")
+    return count
 
 
 class RemoteLayers:
@@ -95,7 +112,6 @@ class RemoteLayers:
 
     def _verify(self, info: lb.LayerLabels) -> dict:
         from fusefs.bootcache import BootstrapCache
-        from imgformat import constants as C
         from imgformat.bootstrap import Bootstrap
         from registry.reference import parse_reference
 
@@ -106,13 +122,11 @@ class RemoteLayers:
         digests = [d.get("digest") for d in layers]
         if info.layer_digest not in digests:
             raise ValueError(f"layer {info.layer_digest} is not in manifest {mdigest}")
-        plain = [d.get("digest") for d in layers
-                 if C.ANNOTATION_BOOTSTRAP_DIGEST not in (d.get("annotations") or {})]
-        if plain:
-            raise ValueError(f"the image has {len(plain)} plain layer(s) ({plain[0]}, ...), "
-                             "and fusefs mounts only all-imgfs images")
-        image = {"registry": ref.registry, "repository": ref.repository, "manifest": mdigest,
-                 "ref": info.image_ref}
+        count = imgfs_prefix(layers)
+        if digests.index(info.layer_digest) >= count:
+            raise ValueError(f"layer {info.layer_digest} has imgfs labels but no imgfs annotations "
+                             f"in manifest {mdigest}")
+        image = self._image(ref, mdigest, info.image_ref, count, len(layers))
         if self.cfg.mount_on_pull:
             self.mount_early(image)      # in parallel with this and the other layers' checks
         start = info.bootstrap_offset
@@ -130,7 +144,17 @@ class RemoteLayers:
                  index + 1, len(digests), info.layer_digest, info.image_ref, len(payload))
         return {"layer_digest": info.layer_digest, "index": index, "count": len(digests),
                 "bootstrap_digest": info.bootstrap_digest,
-                "tops": [image] if index == len(digests) - 1 else []}
+                "tops": [image] if index == count - 1 else []}
+
+    @staticmethod
+    def _image(ref, mdigest: str, ref_text: str, count: int, total: int) -> dict:
+        """The mount record of an image: all its layers, or its bottom ``count`` imgfs layers
+        when plain layers sit above them (containerd unpacks those onto this mount)."""
+        image = {"registry": ref.registry, "repository": ref.repository, "manifest": mdigest,
+                 "ref": ref_text}
+        if count < total:
+            image["layers"] = count
+        return image
 
     def _manifest(self, client, ref, digest: str) -> tuple[str, dict]:
         """The image manifest, once per pull: by digest when the client passed it (CRI), else the
@@ -158,8 +182,6 @@ class RemoteLayers:
             info = lb.parse(labels)
         except lb.NotImgfs:
             return
-        if info.layers and info.index != len(info.layers) - 1:
-            return
         from registry.reference import parse_reference
 
         try:
@@ -169,10 +191,13 @@ class RemoteLayers:
             log.warning("cannot resolve %s to record it for layer %s: %s", info.image_ref, snap.key, e)
             return
         layers = manifest.get("layers") or []
-        if not layers or layers[-1].get("digest") != info.layer_digest:
+        try:
+            count = imgfs_prefix(layers)
+        except ValueError:
             return
-        image = {"registry": ref.registry, "repository": ref.repository, "manifest": mdigest,
-                 "ref": info.image_ref}
+        if not count or layers[count - 1].get("digest") != info.layer_digest:
+            return
+        image = self._image(ref, mdigest, info.image_ref, count, len(layers))
         tops = snap.remote.get("tops", [])
         if all(self.image_key(t) != self.image_key(image) for t in tops):
             self.store.set_remote(snap.key, {**snap.remote, "tops": [*tops, image]})
@@ -181,7 +206,8 @@ class RemoteLayers:
     # -- mounts -------------------------------------------------------------------------
     @staticmethod
     def image_key(image: dict) -> str:
-        return f"{image['registry']}/{image['repository']}@{image['manifest']}"
+        key = f"{image['registry']}/{image['repository']}@{image['manifest']}"
+        return f"{key}#{image['layers']}" if image.get("layers") else key
 
     def _image_for(self, chain: list[Snapshot]) -> tuple[int, dict] | None:
         for i, s in enumerate(chain):
@@ -222,6 +248,8 @@ class RemoteLayers:
         argv = [*daemons.imgfs_command(self.cfg.imgfs_bin), "mount",
                 f"docker://{image['registry']}/{image['repository']}@{image['manifest']}", str(mp),
                 "--cache-dir", str(self.cfg.cache), "--cache-size", str(self.cfg.cache_size)]
+        if image.get("layers"):
+            argv += ["--layer-count", str(image["layers"])]
         if image["registry"] in r.plain_http:
             argv.append("--plain-http")
         if image["registry"] in r.insecure:
