@@ -48,6 +48,10 @@ class FreshChunks:
                 self._items[digest] = (now, data)
                 self._bytes += len(data)
 
+    def has(self, digest: bytes) -> bool:
+        """Is the chunk held here now (a read of it would need no disk)?"""
+        return digest in self._items
+
     def take(self, digest: bytes, offset: int, length: int) -> bytes | None:
         """Bytes ``[offset, offset+length)`` of a fresh chunk, or None. The chunk is dropped
         when this read reaches its end (a sequential reader is done with it)."""

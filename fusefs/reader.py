@@ -35,6 +35,7 @@ from typing import Any
 import trio
 
 from fusefs.fetcher import ChunkRef, Fetcher, FetchError
+from fusefs.spans import SpanCache
 from fusefs.store import ChunkStore
 
 log = logging.getLogger(__name__)
@@ -114,7 +115,7 @@ class FileReader:
     def __init__(self, view: Any, fetcher: Fetcher, store: ChunkStore,
                  config: ReaderConfig = ReaderConfig()) -> None:
         tune_allocator()
-        self.view = view
+        self._spans = SpanCache(view)
         self.fetcher = fetcher
         self.store = store
         self.config = config
@@ -125,8 +126,18 @@ class FileReader:
         #: nursery.start_soon of the daemon, for background read-ahead (None: synchronous)
         self.spawn: Callable[..., None] | None = None
 
-    def _refs(self, ino: int, offset: int, length: int) -> list[tuple[ChunkRef, Any]]:
-        return [(ChunkRef(blob, info), seg) for blob, seg, info in self.view.segments(ino, offset, length)]
+    @property
+    def view(self) -> Any:
+        return self._spans.view
+
+    @view.setter
+    def view(self, view: Any) -> None:
+        """A new view (the takeover's kernel-numbered one) starts a new span cache: spans
+        are keyed by the view's inode numbers."""
+        self._spans = SpanCache(view)
+
+    def _refs(self, ino: int, offset: int, length: int, file_size: int) -> list[tuple[ChunkRef, Any]]:
+        return self._spans.refs(ino, offset, length, file_size)
 
     async def read(self, ino: int, offset: int, size: int, file_size: int) -> bytes:
         """Bytes ``[offset, offset+size)`` of inode ``ino`` (short at EOF).
@@ -137,14 +148,15 @@ class FileReader:
         if offset >= file_size or size <= 0:
             return b""
         size = min(size, file_size - offset)
-        parts = self._refs(ino, offset, size)
+        parts = self._refs(ino, offset, size, file_size)
+        store, fresh = self.store, self.fetcher.fresh
         # pinned before fetching: a chunk a read waits for is never evicted under it
-        with self.store.pinned({ref.digest for ref, _ in parts}):
-            missing = [ref for ref, _ in parts if not self.store.contains(ref.digest)]
-            hot = bool(missing)     # fetched now: the chunk files are in the page cache
+        with store.pinned([ref.info.digest for ref, _ in parts]):
+            missing = [ref for ref, _ in parts if not store.contains(ref.info.digest)]
+            advised = False
             if file_size <= self.config.small_file:
                 if missing:
-                    await self.fetcher.ensure([ref for ref, _ in self._refs(ino, 0, file_size)])
+                    await self.fetcher.ensure([ref for ref, _ in self._refs(ino, 0, file_size, file_size)])
             else:
                 sequential, window = self._track(ino, offset, size)
                 if missing or sequential:
@@ -155,18 +167,22 @@ class FileReader:
                     await self.fetcher.ensure(missing)
                 elif sequential and self.spawn is not None:
                     # advised by an earlier read (not this one): had time to come off the disk
-                    hot = offset + size <= self._advised.get(ino, 0)
+                    advised = offset + size <= self._advised.get(ino, 0)
                     self._advise_ahead(ino, self._stream[ino][0], file_size)
             for attempt in (0, 1):
-                if size >= THREADED_READ and not hot:     # disk reads in parallel, off the event loop
+                # chunks in memory (just fetched) or advised into the page cache are copied
+                # inline; others may need the disk: read off the event loop, in parallel
+                inline = size < THREADED_READ or advised or all(fresh.has(ref.info.digest)
+                                                                  for ref, _ in parts)
+                if inline:
+                    out = self._assemble(parts, offset, size)
+                else:
                     out = await trio.to_thread.run_sync(self._assemble, parts, offset, size,
                                                         limiter=self._io_limiter)
-                else:
-                    out = self._assemble(parts, offset, size)
                 if out is not None:
                     # prefetch hit accounting, once the read is served (a read that waited
                     # for a prefetch request in flight counts too)
-                    self.fetcher.note_read(ref.digest for ref, _ in parts)
+                    self.fetcher.note_read(ref.info.digest for ref, _ in parts)
                     return out
                 if attempt == 0:
                     await self.fetcher.ensure([ref for ref, _ in parts])
@@ -201,11 +217,11 @@ class FileReader:
         # Refill only when less than half a window is covered ahead of the reader, so the
         # window is fetched in big requests (not one chunk per read as it slides); probing
         # one chunk keeps the common case (window covered) cheap.
-        probe = self._refs(ino, min(start + window // 2, end - 1), 1)[0][0]
+        probe = self._refs(ino, min(start + window // 2, end - 1), 1, file_size)[0][0]
         # (pending first: a store miss costs a stat, to adopt other daemons' files)
         if self.fetcher.pending(probe.digest) or self.store.contains(probe.digest):
             return []
-        ahead = [ref for ref, _ in self._refs(ino, start, end - start)
+        ahead = [ref for ref, _ in self._refs(ino, start, end - start, file_size)
                  if not self.fetcher.pending(ref.digest) and not self.store.contains(ref.digest)]
         if not ahead:
             return []
@@ -224,7 +240,7 @@ class FileReader:
         if end - start < min(ADVISE_BATCH, file_size - start):
             return
         self._advised[ino] = end
-        paths = [self.store.path(ref.digest) for ref, _ in self._refs(ino, start, end - start)
+        paths = [self.store.path(ref.digest) for ref, _ in self._refs(ino, start, end - start, file_size)
                  if not self.fetcher.pending(ref.digest)]
         self.spawn(self._advise_quietly, paths)
 

@@ -44,6 +44,8 @@ from pathlib import Path
 
 import xxhash
 
+from fusefs.chunkio import ChunkWriter
+
 log = logging.getLogger(__name__)
 
 TRAILER = 16   # xxh3-128 of the chunk bytes, appended to each cache file
@@ -59,6 +61,14 @@ def _split(raw: bytes) -> bytes | None:
         return None
     body = memoryview(raw)[:-TRAILER]
     return bytes(body) if _trailer(body) == raw[-TRAILER:] else None
+
+
+def _checked_body(raw: bytes) -> memoryview | None:
+    """``_split`` without the copy: a view of the chunk bytes of a cache file, or None."""
+    if len(raw) < TRAILER:
+        return None
+    body = memoryview(raw)[:-TRAILER]
+    return body if _trailer(body) == raw[-TRAILER:] else None
 
 
 @dataclass(frozen=True)
@@ -87,8 +97,11 @@ class ChunkStore:
         self.capacity = capacity
         self._chunks = self.root / "chunks"
         self._tmp = self.root / "tmp"
+        self._chunks_str = str(self._chunks)
+        self._subdirs: set[str] = set()
         self._chunks.mkdir(parents=True, exist_ok=True)
         self._tmp.mkdir(parents=True, exist_ok=True)
+        self._writer = ChunkWriter()
         self._lock = threading.Lock()
         self._index: OrderedDict[str, int] = OrderedDict()
         self._verified: set[str] = set()
@@ -135,6 +148,10 @@ class ChunkStore:
         h = digest if isinstance(digest, str) else digest.hex()
         return self._chunks / h[:2] / h
 
+    def _pathstr(self, h: str) -> str:
+        """``path`` as a str, without pathlib (on the read path of every request)."""
+        return f"{self._chunks_str}/{h[:2]}/{h}"
+
     # -- queries -------------------------------------------------------------------------
 
     def contains(self, digest: bytes) -> bool:
@@ -144,7 +161,7 @@ class ChunkStore:
             if h in self._index:
                 return True
         try:
-            size = os.stat(self.path(h)).st_size
+            size = os.stat(self._pathstr(h)).st_size
         except FileNotFoundError:
             return False
         with self._lock:
@@ -153,14 +170,16 @@ class ChunkStore:
                 self._bytes += size
         return True
 
-    def read(self, digest: bytes, offset: int = 0, length: int | None = None) -> bytes | None:
+    def read(self, digest: bytes, offset: int = 0,
+             length: int | None = None) -> bytes | memoryview | None:
         """Bytes ``[offset, offset+length)`` of the chunk, or None on a miss.
 
         A miss is: not present, removed by another daemon, or corrupted (detected on the
         first use after a restart; the file is then deleted so a refetch replaces it).
+        The first use reads the whole file once (one copy), checks its trailer and hands
+        out a zero-copy view of it; later uses ``pread`` just the wanted bytes.
         """
         h = digest.hex()
-        p = self.path(h)
         with self._lock:
             known = h in self._index
             verified = h in self._verified
@@ -168,34 +187,34 @@ class ChunkStore:
             self._count_miss()
             return None
         try:
-            if not verified:
-                data = _split(p.read_bytes())
-                if data is None:
-                    log.error("cache entry %s is corrupted (checksum mismatch): deleted, will refetch", h)
-                    self._drop(h, unlink=True, corrupt=True)
-                    self._count_miss()
-                    return None
-                with self._lock:
-                    self._verified.add(h)
-                    if h in self._index:
-                        self._index.move_to_end(h)
-                    self._hits += 1
-                end = len(data) if length is None else offset + length
-                return data[offset:end]
-            with open(p, "rb", buffering=0) as f:
-                if length is None:
-                    length = os.fstat(f.fileno()).st_size - TRAILER - offset
-                data = os.pread(f.fileno(), length, offset)
-            if len(data) != length:        # truncated under us: treat like any corruption
-                log.error("cache entry %s is truncated: deleted, will refetch", h)
-                self._drop(h, unlink=True, corrupt=True)
-                self._count_miss()
-                return None
+            fd = os.open(self._pathstr(h), os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
             self._drop(h, unlink=False)
             self._count_miss()
             return None
+        try:
+            if verified:
+                if length is None:
+                    length = os.fstat(fd).st_size - TRAILER - offset
+                data: bytes | memoryview | None = os.pread(fd, length, offset)
+                ok = len(data) == length
+            else:
+                data = _checked_body(os.pread(fd, os.fstat(fd).st_size, 0))
+                ok = data is not None
+                if ok:
+                    end = len(data) if length is None else offset + length
+                    data = data[offset:end]
+        finally:
+            os.close(fd)
+        if not ok:      # torn, rotten, or truncated under us: delete, refetch
+            log.error("cache entry %s is corrupted (checksum mismatch or truncated): deleted, "
+                      "will refetch", h)
+            self._drop(h, unlink=True, corrupt=True)
+            self._count_miss()
+            return None
         with self._lock:
+            if not verified:
+                self._verified.add(h)
             if h in self._index:
                 self._index.move_to_end(h)
             self._hits += 1
@@ -214,13 +233,20 @@ class ChunkStore:
         see the whole chunk or nothing. Evicts least recently used entries beyond the cap.
         """
         h = digest.hex()
-        p = self.path(h)
-        p.parent.mkdir(exist_ok=True)
-        tmp = self._tmp / f"{h}.{os.getpid()}.{threading.get_ident()}"
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.write(_trailer(data))
-        os.replace(tmp, p)
+        p = self._pathstr(h)
+        if h[:2] not in self._subdirs:      # 256 of them: one mkdir each per daemon, not per put
+            os.makedirs(p[:-len(h) - 1], exist_ok=True)
+            self._subdirs.add(h[:2])
+        tmp = f"{self._tmp}/{h}.{os.getpid()}.{threading.get_ident()}"
+        trailer = _trailer(data)
+        try:
+            self._writer.write(tmp, data, trailer)
+            os.replace(tmp, p)
+        except FileNotFoundError:      # a dir removed under us (cache cleared by hand): once more
+            os.makedirs(self._tmp, exist_ok=True)
+            os.makedirs(p[:-len(h) - 1], exist_ok=True)
+            self._writer.write(tmp, data, trailer)
+            os.replace(tmp, p)
         size = len(data) + TRAILER
         with self._lock:
             if h in self._index:
