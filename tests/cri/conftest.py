@@ -7,13 +7,15 @@ import pytest
 
 from tests.support.cri_containerd import CriStack, make_cri_stack, push_pause_image, push_variant
 from tests.support.stack import imgconv
+from tests.support.tinyimage import push_tiny_image
 
 PLAIN_MARKER = b"a plain layer, unpacked by containerd\n"
 
 
 @pytest.fixture(scope="session")
 def cri_images(registry) -> dict[str, str]:
-    """pause (sandbox image), plain (tiny image + a layer of its own), imgfs (converted Debian)."""
+    """pause (sandbox image), plain (tiny image + a layer of its own), imgfs (converted Debian),
+    tiny-imgfs (the tiny image converted: a second imgfs image, pulled by digest)."""
     from tests.support.fixtures import CACHE_DIR
     from tests.support.images import debian_image, push_oci
 
@@ -23,7 +25,10 @@ def cri_images(registry) -> dict[str, str]:
     plain = push_variant(host, "cri-plain", "1", files={"/etc/imgfs-cri-plain": PLAIN_MARKER})
     push_oci(debian_image(CACHE_DIR), host, "cri-debian", "plain")   # built once per machine
     imgconv("convert", "--plain-http", f"docker://{host}/cri-debian:plain", f"docker://{host}/cri-debian:imgfs")
-    return {"pause": pause, "plain": plain, "imgfs": f"{host}/cri-debian:imgfs"}
+    push_tiny_image(host, "cri-tiny", "plain")
+    imgconv("convert", "--plain-http", f"docker://{host}/cri-tiny:plain", f"docker://{host}/cri-tiny:imgfs")
+    return {"pause": pause, "plain": plain, "imgfs": f"{host}/cri-debian:imgfs",
+            "tiny-imgfs": f"{host}/cri-tiny:imgfs"}
 
 
 @pytest.fixture(scope="module")

@@ -29,12 +29,18 @@ _GET = re.compile(r'"GET /v2/\S+/blobs/(sha256:[0-9a-f]{64}) HTTP/[\d.]+" (\d+) 
 
 
 # -- helpers ---------------------------------------------------------------------------------
-def layers_of(registry, ref: str) -> dict[str, int]:
-    """{layer digest: size} of the image manifest `ref` (host/repo:tag)."""
+def manifest(registry, ref: str) -> requests.Response:
+    """The image manifest `ref` (host/repo:tag) as the registry serves it."""
     repo, _, tag = ref.split("/", 1)[1].rpartition(":")
-    m = requests.get(f"{registry.url}/v2/{repo}/manifests/{tag}", timeout=30,
-                     headers={"Accept": "application/vnd.oci.image.manifest.v1+json"}).json()
-    return {d["digest"]: d["size"] for d in m["layers"]}
+    r = requests.get(f"{registry.url}/v2/{repo}/manifests/{tag}", timeout=30,
+                     headers={"Accept": "application/vnd.oci.image.manifest.v1+json"})
+    r.raise_for_status()
+    return r
+
+
+def layers_of(registry, ref: str) -> dict[str, int]:
+    """{layer digest: size} of the image manifest `ref`."""
+    return {d["digest"]: d["size"] for d in manifest(registry, ref).json()["layers"]}
 
 
 def blob_gets(registry, since: int, ref: str, digests) -> list[tuple[str, int, int]]:
@@ -70,7 +76,8 @@ def log_lines(path: Path) -> list[str]:
 
 
 def start(cri, pods, name: str, image: str, command: list[str]) -> tuple[str, Path]:
-    """A host-network pod with one container of `image` running `command`: (container id, log)."""
+    """A host-network pod with one container of `image` running `command`: (container id, log).
+    Like the kubelet, callers name the image by the id PullImage returned."""
     pod, config = pods.run(name)
     cid = cri.cri.create_container(pod, config, name, image, command, f"{name}.log")
     cri.cri.start_container(cid)
@@ -127,7 +134,7 @@ def test_cri_pod_runs_from_a_fusefs_mount(cri, pods, registry, imgfs_pull):
     from tests.support.images import debian_rootfs
 
     since = len(registry.blob_gets())
-    cid, log = start(cri, pods, "lazy", imgfs_pull["ref"],
+    cid, log = start(cri, pods, "lazy", imgfs_pull["id"],
                      ["/bin/sh", "-c", "echo cri-lazy-ok; cat /etc/debian_version; exec sleep 600"])
     want = (debian_rootfs(CACHE_DIR) / "etc" / "debian_version").read_text().strip()
     wait_for(lambda: log.exists() and len(log_lines(log)) >= 2, f"two lines in {log}")
@@ -152,12 +159,12 @@ def test_cri_plain_image_is_unpacked_and_runs(cri, pods, registry, cri_images):
     layers = layers_of(registry, ref)
     own = list(layers)[-1]                   # the layer only this image has
     since, mark = len(registry.blob_gets()), len(cri.stack.snap.log_text())
-    cri.cri.pull(ref)
+    image_id = cri.cri.pull(ref)
     assert blob_gets(registry, since, ref, {own}) == [(own, 200, layers[own])]   # the whole blob
     log = cri.stack.snap.log_text()[mark:]
     assert "containerd unpacks it" in log and "skip-pull" not in log
     daemons = set(cri.stack.daemon_pids())
-    cid, log = start(cri, pods, "plain", ref, ["/bin/sh", "-c", "read -r l < /etc/imgfs-cri-plain; echo \"$l\"; exec sleep 600"])
+    cid, log = start(cri, pods, "plain", image_id, ["/bin/sh", "-c", "read -r l < /etc/imgfs-cri-plain; echo \"$l\"; exec sleep 600"])
     wait_for(lambda: log.exists() and log_lines(log), f"output in {log}")
     assert log_lines(log) == [PLAIN_MARKER.decode().strip()]
     lower = rootfs_lowerdirs(cri, cid)
@@ -173,7 +180,7 @@ def test_cri_cleanup_releases_the_daemon(cri, pods, imgfs_pull):
     container's snapshot, the image's daemon is stopped, its mount and mountpoint gone (the
     snapshotter's rule: no active or view snapshot needs the image any more). The pulled image
     and its committed layers stay, and its next container starts a daemon again."""
-    cid, log = start(cri, pods, "release", imgfs_pull["ref"], ["/bin/sh", "-c", "echo up; exec sleep 600"])
+    cid, log = start(cri, pods, "release", imgfs_pull["id"], ["/bin/sh", "-c", "echo up; exec sleep 600"])
     wait_for(lambda: log.exists() and log_lines(log) == ["up"], f"output in {log}")
     assert len(cri.stack.daemon_pids()) == 1
     cri.cri.stop_container(cid)
@@ -189,6 +196,28 @@ def test_cri_cleanup_releases_the_daemon(cri, pods, imgfs_pull):
     assert {i.labels.get(CRI_LAYER) for i in left} >= set(imgfs_pull["layers"])
     assert cri.cri.image_status(imgfs_pull["ref"]) is not None
 
-    cid, log = start(cri, pods, "again", imgfs_pull["ref"], ["/bin/sh", "-c", "echo again; exec sleep 600"])
+    cid, log = start(cri, pods, "again", imgfs_pull["id"], ["/bin/sh", "-c", "echo again; exec sleep 600"])
     wait_for(lambda: log.exists() and log_lines(log) == ["again"], f"output in {log}")
     assert len(cri.stack.daemon_pids()) == 1 and rootfs_lowerdirs(cri, cid) == cri.stack.fuse_mounts()
+
+
+def test_cri_pull_by_digest_is_lazy_and_runs(cri, pods, registry, cri_images):
+    """A reference pinned by digest (host/repo@sha256:..., as Kubernetes manifests often name
+    images) goes the same lazy way: the cri.image-ref label carries the digest form."""
+    tag_ref = cri_images["tiny-imgfs"]
+    r = manifest(registry, tag_ref)
+    digest_ref = tag_ref.rpartition(":")[0] + "@" + r.headers["Docker-Content-Digest"]
+    layers = {d["digest"]: d["size"] for d in r.json()["layers"]}
+    since = len(registry.blob_gets())
+    image_id = cri.cri.pull(digest_ref)
+    gets = blob_gets(registry, since, tag_ref, layers)
+    assert sorted(d for d, _, _ in gets) == sorted(layers)
+    assert all(status == 206 and sent < layers[d] for d, status, sent in gets), gets
+    remote = [i for i in snapshots(cri) if i.labels.get(CRI_LAYER) in layers]
+    assert remote and all(i.labels[CRI_REF] == digest_ref for i in remote)
+
+    cid, log = start(cri, pods, "digest", image_id, ["/bin/sh", "-c", "echo pinned-ok; exec sleep 600"])
+    wait_for(lambda: log.exists() and log_lines(log), f"output in {log}")
+    assert log_lines(log) == ["pinned-ok"]
+    lower = rootfs_lowerdirs(cri, cid)
+    assert len(lower) == 1 and lower[0] in cri.stack.fuse_mounts()
