@@ -32,7 +32,7 @@ from fusefs.control import serve_control, state_json
 from fusefs.fetcher import DEFAULT_GAP_BYTES, DEFAULT_MAX_INFLIGHT, DEFAULT_MAX_REQUEST, Fetcher
 from fusefs.metrics import Metrics
 from fusefs.ops import Operations
-from fusefs.prefetch import Prefetcher, kernel_readahead_kib
+from fusefs.prefetch import Prefetcher, kernel_readahead_kib, reader_readahead
 from fusefs.reader import DEFAULT_READAHEAD, DEFAULT_SMALL_FILE, FileReader, ReaderConfig
 from fusefs.source import ImageError, LayerRef, SourceError, open_image
 from fusefs.store import ChunkStore
@@ -247,8 +247,8 @@ async def run_mount(cfg: MountConfig, on_ready: Callable[[], None] = lambda: Non
     metrics = Metrics(lambda: {"store": store.statistics(), "fetcher": fetcher.statistics(),
                                "prefetch": prefetcher.statistics() if prefetcher else None})
     access_log = AccessLog(cfg.access_log) if cfg.access_log else None
-    reader = FileReader(view, fetcher, store, ReaderConfig(small_file=cfg.small_file,
-                                                           readahead=cfg.readahead))
+    readahead = cfg.readahead if prefetcher is None else reader_readahead(bootstraps, cfg.readahead)
+    reader = FileReader(view, fetcher, store, ReaderConfig(small_file=cfg.small_file, readahead=readahead))
     ops = Operations(view, reader, metrics, access_log)
     if cfg.fd_store:  # a restarted daemon must answer in the kernel's inode numbers
         from fusefs import takeover
