@@ -3,9 +3,15 @@
 containerd passes a layer's `containerd.io/snapshot/*` annotations as snapshot
 labels (snapshots.FilterInheritedLabels), so the imgfs.* annotations imgconv writes
 arrive on every pull. The image reference and the layer list come from a handler
-wrapper of the client: CRI and `ctr-remote image rpull` add the cri.* labels
-(containerd's pkg/snapshotters); stargz's own names are accepted as well. Plain
+wrapper of the client: CRI adds the cri.* labels (containerd's pkg/snapshotters),
+`ctr-remote image rpull` stargz's own names, which are accepted as well. Plain
 `ctr images pull` adds neither, so its layers are unpacked plainly (and logged).
+
+The layer list (cri.image-layers, stargz.layers) is NOT the image's layers: both
+handlers write the layers from this one up to the top, bottom first (seen through
+CRI in tests/cri: the bottom layer of a two-layer image gets "L1,L2", the top "L2"),
+cut to fit a label's 4 KiB. So it tells whether a layer is the top (a list of one),
+not where it sits in the image: the manifest says that.
 """
 from __future__ import annotations
 
@@ -33,14 +39,15 @@ class LayerLabels:
     image_ref: str             # e.g. 127.0.0.1:5000/debian:imgfs
     manifest_digest: str       # "" when the client did not say
     layer_digest: str
-    layers: tuple[str, ...]    # all layer digests of the image, bottom first ("" when unknown)
+    layers: tuple[str, ...]    # this layer and those above it, bottom first (() when unknown)
     bootstrap_digest: str
     bootstrap_offset: int
     bootstrap_size: int
 
     @property
     def index(self) -> int:
-        """Position of this layer in the image (-1 when the layer list is unknown)."""
+        """Position of this layer in `layers` (-1 when not listed). With containerd's own labels
+        that list starts at this layer, so this is 0, not a position in the image (module doc)."""
         return self.layers.index(self.layer_digest) if self.layer_digest in self.layers else -1
 
 

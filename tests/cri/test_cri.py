@@ -24,6 +24,7 @@ pytestmark = pytest.mark.e2e
 
 CRI_REF = "containerd.io/snapshot/cri.image-ref"
 CRI_LAYER = "containerd.io/snapshot/cri.layer-digest"
+CRI_LAYERS = "containerd.io/snapshot/cri.image-layers"
 PY = ["python3", "-c", "import sys; print('hello from', sys.implementation.name)"]
 _GET = re.compile(r'"GET /v2/\S+/blobs/(sha256:[0-9a-f]{64}) HTTP/[\d.]+" (\d+) (\d+)')
 
@@ -123,6 +124,9 @@ def test_cri_pull_is_lazy_through_imgfs(cri, imgfs_pull):
     assert set(remote) == set(layers)
     assert all(i.labels[CRI_REF] == imgfs_pull["ref"] and i.kind == spb.COMMITTED for i in remote.values())
     assert not [k for i in remote.values() for k in i.labels if "stargz" in k]    # CRI's labels only
+    order = list(layers)        # manifest order, bottom first
+    for n, digest in enumerate(order):   # cri.image-layers: this layer and those above (labels.py)
+        assert remote[digest].labels[CRI_LAYERS].split(",") == order[n:]
     image = cri.cri.image_status(imgfs_pull["ref"])
     assert image is not None and image.id == imgfs_pull["id"]
 
