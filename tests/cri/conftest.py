@@ -48,7 +48,7 @@ class Pods:
 
     def run(self, name: str):
         """RunPodSandbox; returns (pod id, its config: CreateContainer wants it again)."""
-        config = self.cri.cri.pod_config(name, self.cri.cc.pod_log_dir(name))
+        config = self.cri.cc.pod_config(name)
         pod = self.cri.cri.run_pod(config)
         self.made.append(pod)
         return pod, config

@@ -15,11 +15,14 @@ What CRI needs to run here without a kubelet, CNI or a system containerd:
 - runc's state (`options.Root`) in a private dir, not /run/containerd/runc/k8s.io: CRI always
   uses the `k8s.io` namespace, so this keeps its containers apart from any other containerd's;
 - the streaming server on 127.0.0.1 and a port of the OS's choosing (its default 10010 would
-  clash between two instances); cgroupfs driver (no systemd here), no AppArmor (not loaded).
+  clash between two instances); cgroupfs driver (no systemd here), no AppArmor (not loaded);
+- `restrict_oom_score_adj = true`: runc cannot give the sandbox CRI's oom_score_adj of -998
+  on this VM (EACCES; the pod fails with "can't get final child's PID from pipe");
+- pods' cgroups under a private parent (`cgroup_parent` in their config), removed at the end.
 
 Everything lives under one private temp dir and is stopped by PID in `stop()`: pods first,
 through CRI (their containers with them), then any container runc still knows, then containerd
-and its shims, then the mounts left under the dir.
+and its shims, then the mounts left under the dir, then the pods' cgroup parent.
 """
 from __future__ import annotations
 
@@ -52,11 +55,17 @@ class CriContainerd:
     cri: CriClient
     runc_root: Path
     log_dir: Path          # pods' log_directory lives below it
+    cgroup_parent: str     # "/NAME": the pods' cgroups (cgroupfs), removed by stop()
 
     def pod_log_dir(self, name: str) -> Path:
         d = self.log_dir / name
         d.mkdir(parents=True, exist_ok=True)
         return d
+
+    def pod_config(self, name: str):
+        """The kubelet-like config of a pod `name` (CriClient.pod_config) with its private log
+        dir and cgroup parent."""
+        return self.cri.pod_config(name, self.pod_log_dir(name), self.cgroup_parent)
 
     @property
     def runc_state(self) -> Path:
@@ -93,6 +102,17 @@ class CriContainerd:
                 subprocess.run(["runc", "--root", str(self.runc_state), "delete", "--force", cid],
                                capture_output=True, check=False, timeout=60)
             self.ctd.stop()
+            _remove_cgroup(self.cgroup_parent)
+
+
+def _remove_cgroup(path: str) -> None:
+    """Removes the (empty, once runc deleted the containers) cgroup `path` from every hierarchy."""
+    base = Path("/sys/fs/cgroup")
+    for d in [base / path.lstrip("/"), *(h / path.lstrip("/") for h in base.iterdir() if h.is_dir())]:
+        try:
+            d.rmdir()
+        except OSError:
+            pass
 
 
 def push_variant(registry_host: str, repo: str, tag: str, *, entrypoint: list[str] | None = None,
@@ -201,7 +221,8 @@ def start_cri_containerd(snapshotter_socket: str | Path, sandbox_image: str, pla
     # (CRI's runc state is in runc_root anyway).
     ns = "imgfs-cri-" + hashlib.sha256(address.encode()).hexdigest()[:8]
     ctd = Containerd(dir=d, address=address, proc=proc, log=log, namespace=ns)
-    cc = CriContainerd(ctd=ctd, cri=CriClient(address), runc_root=runc_root, log_dir=log_dir)
+    cc = CriContainerd(ctd=ctd, cri=CriClient(address), runc_root=runc_root, log_dir=log_dir,
+                       cgroup_parent="/" + ns)
     deadline = time.monotonic() + timeout
     last: Exception | None = None
     while time.monotonic() < deadline:

@@ -72,13 +72,15 @@ class CriClient:
                                 timeout=self.timeout)
 
     # -- pods ---------------------------------------------------------------------------
-    def pod_config(self, name: str, log_dir: str | Path):
-        """A kubelet-like sandbox config on the host network (and host IPC/PID: nothing to set up)."""
+    def pod_config(self, name: str, log_dir: str | Path, cgroup_parent: str = ""):
+        """A kubelet-like sandbox config: host network and IPC (no CNI, nothing to set up), a PID
+        namespace of the pod's own, its containers' cgroups under `cgroup_parent` (cgroupfs path)."""
         ns = self.pb.NamespaceOption(network=NODE, pid=self.pb.POD, ipc=NODE)
         return self.pb.PodSandboxConfig(
             metadata=self.pb.PodSandboxMetadata(name=name, uid=f"uid-{name}", namespace="imgfs-test"),
             log_directory=str(log_dir), labels={"imgfs-test": name},
             linux=self.pb.LinuxPodSandboxConfig(
+                cgroup_parent=cgroup_parent,
                 security_context=self.pb.LinuxSandboxSecurityContext(namespace_options=ns)))
 
     def run_pod(self, config) -> str:
