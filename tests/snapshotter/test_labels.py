@@ -16,10 +16,12 @@ BASE = {
 
 
 def test_cri_labels():
-    info = lb.parse({**BASE, lb.CRI_IMAGE_REF: "h:5000/r:t", lb.CRI_LAYER: "sha256:l2",
+    # the shape CRI sends (tests/cri pins it): the layer list starts at this layer
+    info = lb.parse({**BASE, lb.CRI_IMAGE_REF: "h:5000/r:t", lb.CRI_LAYER: "sha256:l1",
                      lb.CRI_MANIFEST: "sha256:m", lb.CRI_LAYERS: "sha256:l1,sha256:l2"})
-    assert (info.image_ref, info.layer_digest, info.manifest_digest) == ("h:5000/r:t", "sha256:l2", "sha256:m")
-    assert (info.bootstrap_offset, info.bootstrap_size, info.index) == (100, 50, 1)
+    assert (info.image_ref, info.layer_digest, info.manifest_digest) == ("h:5000/r:t", "sha256:l1", "sha256:m")
+    assert (info.bootstrap_offset, info.bootstrap_size, info.index) == (100, 50, 0)
+    assert info.layers == ("sha256:l1", "sha256:l2")
 
 
 def test_stargz_labels_of_ctr_remote():
