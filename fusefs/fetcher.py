@@ -61,6 +61,7 @@ from fusefs.plan import (
     ChunkRef,
     RangeRequest,
     batch_requests,
+    plan_prefetch,
     plan_requests,
 )
 from fusefs.stream import DEFAULT_STREAM_REQUEST, STREAM_MIN, RangeBodyLike, Stream, range_opener, run_stream
@@ -180,7 +181,8 @@ class Fetcher:
         fetches the chunk itself, and the prefetch request then skips it."""
         wanted = [r for r in _unique(refs) if not self.store.contains(r.digest)]
         cap = self.stream_request if self._open_range is not None else self.max_request
-        plans = plan_requests(wanted, gap_bytes=self.gap_bytes, max_request=cap)
+        streaming = self._open_range is not None      # streams skip the table's holes (fusefs.plan)
+        plans = plan_prefetch(wanted, gap_bytes=self.gap_bytes, max_request=cap, streaming=streaming)
         flights: list[_Flight] = []
 
         async def one(batch: list[RangeRequest]) -> None:
@@ -193,7 +195,8 @@ class Fetcher:
                     return
                 claimed = {ref.digest: self._claim(ref, prefetch=True) for ref in todo}
                 flights.extend(claimed.values())
-                replanned = plan_requests(todo, gap_bytes=self.gap_bytes, max_request=cap)
+                replanned = plan_prefetch(todo, gap_bytes=self.gap_bytes, max_request=cap,
+                                          streaming=streaming)
                 for group in self._jobs(replanned, 1):
                     if self._streamable(group):
                         self._streams += 1

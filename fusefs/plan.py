@@ -8,6 +8,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from fusefs.stream import STREAM_MIN
+
 #: 100 Mbit/s * 20 ms = 250 KB: below this a gap is cheaper to download than to skip.
 DEFAULT_GAP_BYTES = 256 * 1024
 #: Upper bound of one range request (keeps several requests in flight on big reads).
@@ -80,4 +82,30 @@ def batch_requests(plans: list[RangeRequest], slots: int, max_spans: int = MAX_S
             out[-1].append(p)
         else:
             out.append([p])
+    return out
+
+
+#: Holes a streamed prefetch range may span. A stream skips a run of bytes it does not
+#: need that is longer than a round trip's worth by reopening the range after it
+#: (``fusefs.stream``), so bridging costs one request per hole, not the hole's bytes;
+#: the prefetch region of a layer then stays one range even where its table leaves out
+#: the unread parts of a big, partly read file laid out in the middle of it.
+STREAM_BRIDGE = 64 << 20
+
+
+def plan_prefetch(chunks: Iterable[ChunkRef], *, gap_bytes: int = DEFAULT_GAP_BYTES,
+                  max_request: int = DEFAULT_MAX_REQUEST, streaming: bool = True) -> list[RangeRequest]:
+    """Ranges for prefetch requests. ``streaming`` (the source can stream a range): holes
+    up to ``STREAM_BRIDGE`` are bridged into one range, to be streamed (and the holes
+    skipped); a bridged range too small to be streamed (under ``STREAM_MIN``) is planned
+    again as ``plan_requests`` would, since it would be fetched whole, holes included.
+    Without streaming: ``plan_requests``."""
+    if not streaming:
+        return plan_requests(chunks, gap_bytes=gap_bytes, max_request=max_request)
+    out: list[RangeRequest] = []
+    for plan in plan_requests(chunks, gap_bytes=max(gap_bytes, STREAM_BRIDGE), max_request=max_request):
+        if plan.size >= STREAM_MIN:
+            out.append(plan)
+        else:
+            out += plan_requests(plan.chunks, gap_bytes=gap_bytes, max_request=max_request)
     return out

@@ -23,7 +23,8 @@ from typing import Any
 import trio
 
 from fusefs.fetcher import ChunkRef, Fetcher, FetchError
-from fusefs.plan import plan_requests
+from fusefs.plan import plan_prefetch
+from fusefs.stream import range_opener
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +116,8 @@ def _blob_order(refs: Iterable[ChunkRef]) -> list[ChunkRef]:
     return out
 
 
-def front_regions(refs: list[ChunkRef], gap_bytes: int, max_request: int) -> tuple[list[ChunkRef], list[ChunkRef]]:
+def front_regions(refs: list[ChunkRef], gap_bytes: int, max_request: int,
+                  streaming: bool = True) -> tuple[list[ChunkRef], list[ChunkRef]]:
     """Split a prefetch list (blob order) into the first planned range of every blob
     (the front of its prefetch region: the files needed first) and the rest.
 
@@ -132,7 +134,7 @@ def front_regions(refs: list[ChunkRef], gap_bytes: int, max_request: int) -> tup
         by_blob.setdefault(ref.blob, []).append(ref)
     front: list[ChunkRef] = []
     for blob_refs in by_blob.values():
-        plans = plan_requests(blob_refs, gap_bytes=gap_bytes, max_request=max_request)
+        plans = plan_prefetch(blob_refs, gap_bytes=gap_bytes, max_request=max_request, streaming=streaming)
         front += plans[0].chunks
     chosen = {ref.digest for ref in front}
     return front, [ref for ref in refs if ref.digest not in chosen]
@@ -186,7 +188,8 @@ class Prefetcher:
         failed: list[ChunkRef] = []
         if name == "prefetch-table" and todo:
             cap = max(getattr(self.fetcher, "stream_request", 0), self.fetcher.max_request)
-            front, todo = front_regions(todo, self.fetcher.gap_bytes, cap)
+            streaming = range_opener(self.fetcher.source) is not None
+            front, todo = front_regions(todo, self.fetcher.gap_bytes, cap, streaming)
             failed += await self._fetch(front, one_batch=True)
         failed += await self._fetch(todo)
         if failed:      # counted again below: what arrived before the failure is done

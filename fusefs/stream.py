@@ -170,7 +170,9 @@ def _stream_sync(host: StreamHost, plan: Any, st: Stream, flights: dict[bytes, F
             if j == len(refs):
                 break           # the rest is served already
             skip_to = refs[j].info.comp_offset
-            if body is None or (j > i and skip_to - st.position > host.gap_bytes):
+            # reopen past more than a round trip's worth of bytes we need not receive:
+            # chunks reads took over, or a hole of the prefetch table (fusefs.plan.plan_prefetch)
+            if body is None or skip_to - st.position > host.gap_bytes:
                 if body is not None:
                     body.close()
                 body = host.stream_open(plan.blob, skip_to, plan.end)
