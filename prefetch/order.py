@@ -6,19 +6,20 @@ Algorithm (the reasons are in docs/prefetch.md):
    lookup costs no data): ``runs`` = how many runs read it, ``first`` = the median of its
    first-read times (when its data was first needed; a stat long before does not count),
    ``ranges`` = the union of the byte ranges read.
-2. Ranges are widened to ``chunk_size`` boundaries and merged: the format fetches whole
-   chunks anyway, and aligned ranges from different runs merge instead of fragmenting.
-   A file is kept *whole* when it is at most one chunk, or when the aligned ranges cover
-   at least ``whole_fraction`` of it (the rest would cost little and is likely read
-   later); otherwise it is *partial*: only its ranges are in the prefetch table.
+2. Ranges are widened by ``pad`` on both sides (the runtime's kernel readahead on a
+   prefetch mount reads that much around a page the recording saw), then to
+   ``chunk_size`` boundaries, and merged: the format fetches whole chunks anyway, and
+   aligned ranges from different runs merge instead of fragmenting. A file is kept
+   *whole* when it is at most one chunk, or when the aligned ranges cover at least
+   ``whole_fraction`` of it (the holes would save little); otherwise it is *partial*:
+   only its ranges are in the prefetch table.
 3. Core files (read by at least ``common`` of the runs: all of them for one or two runs)
-   come first, in order of first access; then the files some runs read, most runs first,
-   ties by first access.
-4. Partial files go after all whole files (core first). The converter lays out a listed
-   file's whole tar record in the prefetch region, but only the chunks holding its ranges
-   are in the prefetch table: a partial 200 MB library in the middle of the list would put
-   a 198 MB hole between prefetched chunks, splitting the one contiguous range per layer.
-   At the end, its ranges cost one more range each and nothing else.
+   come first, in order of first read; then the files some runs read, most runs first,
+   ties by first read. Partial files keep their place in that order: the converter lays
+   out a listed file's whole tar record in the prefetch region, the table holds only the
+   chunks of its ranges, and the prefetch stream skips the holes by reopening its range
+   after each (``fusefs.plan.plan_prefetch``): a hole costs a round trip, not its bytes,
+   and the region stays one range per layer.
 """
 from __future__ import annotations
 
@@ -33,7 +34,11 @@ DEFAULT_CHUNK_SIZE = 1 << 20
 #: "read by (almost) every run": 0.8 of 5 runs is 4, so one odd run does not demote a file.
 DEFAULT_COMMON = 0.8
 #: Aligned ranges covering at least this share of a file: prefetch it whole.
-DEFAULT_WHOLE_FRACTION = 0.5
+DEFAULT_WHOLE_FRACTION = 0.9
+#: Bytes added before and after every range read: the kernel readahead of a mount with a
+#: prefetch table (fusefs.prefetch.PREFETCH_KERNEL_READAHEAD_KIB) reads up to this much
+#: around a faulted page, while `imgconv record` records with a one-page readahead.
+DEFAULT_PAD = 128 << 10
 
 
 @dataclass(frozen=True)
@@ -75,11 +80,11 @@ def align_ranges(ranges: Iterable[tuple[int, int]], chunk_size: int,
 
 
 def plan(traces: Sequence[Trace], *, chunk_size: int = DEFAULT_CHUNK_SIZE, common: float = DEFAULT_COMMON,
-         whole_fraction: float = DEFAULT_WHOLE_FRACTION) -> list[PlanEntry]:
+         whole_fraction: float = DEFAULT_WHOLE_FRACTION, pad: int = DEFAULT_PAD) -> list[PlanEntry]:
     """The prefetch list for ``traces`` (one per recorded run), in layout order."""
     if not traces:
         raise ValueError("no traces")
-    if chunk_size <= 0 or not 0 < common <= 1 or not 0 <= whole_fraction <= 1:
+    if chunk_size <= 0 or not 0 < common <= 1 or not 0 <= whole_fraction <= 1 or pad < 0:
         raise ValueError("bad planner parameters")
     runs: dict[str, int] = {}
     times: dict[str, list[float]] = {}
@@ -92,13 +97,13 @@ def plan(traces: Sequence[Trace], *, chunk_size: int = DEFAULT_CHUNK_SIZE, commo
                 continue
             if f.size is not None:
                 sizes[f.path] = max(sizes.get(f.path, 0), f.size)
-            ranges.setdefault(f.path, []).extend(f.ranges)
+            ranges.setdefault(f.path, []).extend((max(0, a - pad), b + pad) for a, b in f.ranges)
             if f.path not in seen:           # a path listed twice in one run counts once
                 seen.add(f.path)
                 runs[f.path] = runs.get(f.path, 0) + 1
                 times.setdefault(f.path, []).append(f.needed_at)
     need = max(1, math.ceil(common * len(traces) - 1e-9))
-    whole, partial = [], []
+    entries = []
     for path, n in runs.items():
         size = sizes.get(path)
         aligned = align_ranges(ranges[path], chunk_size, size)
@@ -107,12 +112,12 @@ def plan(traces: Sequence[Trace], *, chunk_size: int = DEFAULT_CHUNK_SIZE, commo
         is_whole = extent <= chunk_size or covered >= whole_fraction * extent
         entry = PlanEntry(path, None if is_whole else tuple(aligned), n,
                           round(statistics.median(times[path]), 6), n >= need)
-        (whole if is_whole else partial).append(entry)
+        entries.append(entry)
 
     def key(e: PlanEntry) -> tuple:
         return (0, 0, e.first_access, e.path) if e.core else (1, -e.runs, e.first_access, e.path)
 
-    return sorted(whole, key=key) + sorted(partial, key=key)
+    return sorted(entries, key=key)
 
 
 def prefetch_list_json(entries: Sequence[PlanEntry], traces: int) -> dict:
