@@ -5,15 +5,16 @@ is pushed as `bench/NAME:plain` (gzip, what `oci` pulls) and converted with `img
 convert` to `:imgfs`. Pushing and converting go straight to the registry; every pull
 goes through benchmarks.proxy.ShapingProxy with the requested bandwidth and RTT.
 
-Order: for each image, repeat r = 1..N, for each mode. imgfs-prefetch needs a trace:
-its image `:imgfs-prefetch` is converted with `imgconv convert --prefetch-list` from
-the access log of the first imgfs run (an extra, unsaved imgfs run records one when
-imgfs is not among the modes). prefetch/ (issue 6) has no recorder on main yet; this
-uses only the converter's existing --prefetch-list, and says so in run.json.
+Order: for each image, repeat r = 1..N, for each mode. imgfs-prefetch needs traces: before
+its first run, its image `:imgfs-prefetch` is made by the prefetch pipeline of issue 6:
+`imgconv record` runs the workload RECORD_RUNS times over `:imgfs` (straight from the
+registry, untimed; traces in `access/`), then `imgconv convert --prefetch-from-trace`
+plans the list from them (prefetch/order.py) and lays the image out.
 
 Output in DIR: one JSON per run (`IMAGE-MODE-REP.json`, with machine, versions and
 parameters), `IMAGE-estargz-skipped.json` when that mode cannot run, `run.json` (the
-command line, parameters, notes), `access/` (the access logs used for prefetch).
+command line, parameters, notes), `access/` (the traces the prefetch list was planned from,
+and the access log of the first imgfs run).
 """
 from __future__ import annotations
 
@@ -32,8 +33,8 @@ from pathlib import Path
 from benchmarks.images import ROOT
 from benchmarks.proxy import ShapingProxy
 from benchmarks.runner import ALL_MODES, TAGS, RunError, Target, run_cmd, run_once
-from benchmarks.workingset import prefetch_list, read_access_log
-from benchmarks.workloads import Workload
+from benchmarks.timeline import TimedProxy
+from benchmarks.workloads import READY_MARKER, Workload
 from registry.client import RegistryClient
 from tests.support.images import push_oci
 from tests.support.registry import Registry, start_registry
@@ -77,13 +78,35 @@ def _manifest_layers(client: RegistryClient, repo: str, tag: str) -> list[dict]:
 
 
 def _convert(reg: Registry, repo: str, src_tag: str, dst_tag: str, extra: list[str] = ()) -> dict:
-    r = run_cmd([sys.executable, "-m", "converter.cli", "convert", "--plain-http", "--json", *extra,
-                 f"docker://{reg.host}/{repo}:{src_tag}", f"docker://{reg.host}/{repo}:{dst_tag}"],
+    # extra options last: --prefetch-from-trace takes one or more values
+    r = run_cmd([sys.executable, "-m", "converter.cli", "convert", "--plain-http", "--json",
+                 f"docker://{reg.host}/{repo}:{src_tag}", f"docker://{reg.host}/{repo}:{dst_tag}", *extra],
                 f"imgconv convert {repo}:{dst_tag}")
     try:
         return json.loads(r.stdout)
     except ValueError:
         return {"output": r.stdout[-2000:]}
+
+
+#: `imgconv record` runs per image for its prefetch list (the planner's "core" files are
+#: those read by every run; one odd run does not add its files to the front).
+RECORD_RUNS = 2
+
+
+def record_traces(reg: Registry, repo: str, w: Workload, dest: Path,
+                  log: Callable[[str], None]) -> list[Path]:
+    """Record the workload's startup over the `:imgfs` image with `imgconv record`
+    (straight from the registry: the recording is not timed). Returns the traces."""
+    dest.mkdir(parents=True, exist_ok=True)
+    traces = []
+    for i in range(1, RECORD_RUNS + 1):
+        log(f"{w.name}: imgconv record run {i}/{RECORD_RUNS} (for the prefetch list, not a result)")
+        trace = dest / f"{w.name}-trace-{i}.json"
+        run_cmd([sys.executable, "-m", "converter.cli", "record", f"docker://{reg.host}/{repo}:imgfs",
+                 "-o", str(trace), "--plain-http", "--ready-line", READY_MARKER, "--", *w.command()],
+                f"imgconv record {repo}:imgfs", timeout=900)
+        traces.append(trace)
+    return traces
 
 
 def _add_tag(target: Target, reg: Registry, client: RegistryClient, tag: str) -> None:
@@ -108,7 +131,7 @@ def run_benchmark(workloads: list[Workload], layouts: dict[str, Path], modes: li
     reg = start_registry(regdir)
     try:
         client = RegistryClient(registry=reg.host, plain_http=True)
-        with ShapingProxy(reg.host, bandwidth=bandwidth, rtt=rtt) as proxy:
+        with TimedProxy(reg.host, bandwidth=bandwidth, rtt=rtt) as proxy:
             for w in workloads:
                 written += _bench_image(w, layouts[w.name], modes, repeat, out, reg, client, proxy, drop,
                                         meta, notes, log, mount_on_pull)
@@ -149,19 +172,16 @@ def _bench_image(w: Workload, layout: Path, modes: list[str], repeat: int, out: 
             if mode == "estargz":
                 continue
             if mode == "imgfs-prefetch" and "imgfs-prefetch" not in target.layers:
-                if not access.exists():
-                    log(f"{w.name}: recording an imgfs run for the prefetch list (not a result)")
-                    run_once(target, "imgfs", 0, proxy, client, drop=drop, access_log_out=access,
-                             mount_on_pull=mount_on_pull)
-                plist = out / "access" / f"{w.name}-prefetch.json"
-                plist.write_text(json.dumps(prefetch_list(read_access_log(access)), indent=0))
                 t0 = time.monotonic()
-                summary = _convert(reg, repo, "plain", "imgfs-prefetch", ["--prefetch-list", str(plist)])
+                traces = record_traces(reg, repo, w, out / "access", log)
+                summary = _convert(reg, repo, "plain", "imgfs-prefetch",
+                                   ["--prefetch-from-trace", *map(str, traces)])
                 conversions["imgfs-prefetch"] = {"seconds": time.monotonic() - t0, **summary}
                 _add_tag(target, reg, client, "imgfs-prefetch")
-                notes.append(f"{w.name}: imgfs-prefetch image converted with imgconv --prefetch-list from the "
-                             f"access log of imgfs run 1 ({plist.relative_to(out)}); prefetch/ (issue 6) "
-                             "has no recorder on main yet")
+                notes.append(f"{w.name}: imgfs-prefetch image made by the prefetch pipeline: {RECORD_RUNS} "
+                             f"runs of `imgconv record` of the workload over :imgfs "
+                             f"({', '.join(str(t.relative_to(out)) for t in traces)}), then "
+                             "`imgconv convert --prefetch-from-trace` (planner: prefetch/order.py)")
             log(f"{w.name} {mode} run {rep}/{repeat} ...")
             keep = access if mode == "imgfs" and not access.exists() else None
             try:

@@ -25,6 +25,7 @@ from pathlib import Path
 from benchmarks.breakdown import breakdown, daemon_timing
 from benchmarks.node import ColdNode, drop_caches, warm
 from benchmarks.proxy import ShapingProxy
+from benchmarks.timeline import TimedProxy, timeline
 from benchmarks.workingset import merged_view, read_access_log, working_set
 from benchmarks.workloads import READY_MARKER, Workload
 from registry.client import RegistryClient
@@ -94,12 +95,22 @@ def _metrics(text: str) -> dict[str, float]:
     return out
 
 
-def _fusefs_observations(node: ColdNode) -> tuple[list[dict], dict[str, float], float | None]:
-    """Access-log records, metrics and mount_seconds (/state) of the node's fusefs daemons."""
+#: /state counters kept in a run's JSON (summed over the node's daemons): the fetcher's
+#: prefetch and stream counters (stream_steals: chunks of a prefetch stream that reads took
+#: over because the stream was too far behind) and the prefetcher's progress.
+STATE_FETCHER = ("requests", "bytes", "chunks", "prefetch_requests", "prefetch_bytes", "prefetch_chunks",
+                 "prefetch_hits", "prefetch_hit_bytes", "prefetch_streams", "stream_steals", "stream_cuts")
+STATE_PREFETCH = ("total", "done", "failed")
+
+
+def _fusefs_observations(node: ColdNode) -> tuple[list[dict], dict[str, float], float | None, dict]:
+    """Access-log records, metrics, mount_seconds and prefetch counters (/state) of the
+    node's fusefs daemons."""
     from fusefs.control import query
 
     records: list[dict] = []
     metrics: dict[str, float] = {}
+    state: dict[str, float] = {}
     mount_seconds = None
     for d in node.daemon_dirs():
         sock = d / "control.sock"
@@ -112,11 +123,17 @@ def _fusefs_observations(node: ColdNode) -> tuple[list[dict], dict[str, float], 
                 metrics[k] = metrics.get(k, 0.0) + v
         status, body = query(str(sock), "/state", timeout=30)
         if status == 200:
-            mount_seconds = json.loads(body).get("mount_seconds")
+            doc = json.loads(body)
+            mount_seconds = doc.get("mount_seconds")
+            for group, keys in (("fetcher", STATE_FETCHER), ("prefetch", STATE_PREFETCH)):
+                for k in keys:
+                    v = (doc.get(group) or {}).get(k)
+                    if isinstance(v, (int, float)):
+                        state[f"{group}.{k}"] = state.get(f"{group}.{k}", 0) + v
         log = d / "access.jsonl"
         if log.exists():
             records += read_access_log(log)
-    return records, metrics, mount_seconds
+    return records, metrics, mount_seconds, state
 
 
 def run_once(target: Target, mode: str, rep: int, proxy: ShapingProxy, client: RegistryClient,
@@ -167,12 +184,14 @@ def run_once(target: Target, mode: str, rep: int, proxy: ShapingProxy, client: R
             proc.wait(120)               # the workload exits after the marker
         except subprocess.TimeoutExpired:
             pass                         # killed below; its reads after the marker may count
-        records, metrics, mount_s = _fusefs_observations(node) if mode in LAZY_MODES else ([], {}, None)
+        records, metrics, mount_s, state = (_fusefs_observations(node) if mode in LAZY_MODES
+                                            else ([], {}, None, {}))
+        timing = daemon_timing(node.daemon_dirs()) if mode in LAZY_MODES else None
         parts = None
         if mode in LAZY_MODES:
             w_ready = w_pull + (t_ready - t_pull)
             parts = breakdown(wall_start=w0, wall_pulled=w_pull, wall_ready=w_ready,
-                              timing=daemon_timing(node.daemon_dirs()), mount_seconds=mount_s,
+                              timing=timing, mount_seconds=mount_s,
                               first_access=min((r["first_access"] for r in records), default=None),
                               read_latency_sum=metrics.get("imgfs_read_latency_seconds_sum"))
         end = proxy.statistics()         # after the daemons' counters: covers every byte they got
@@ -193,6 +212,9 @@ def run_once(target: Target, mode: str, rep: int, proxy: ShapingProxy, client: R
             "containerd_cpu_seconds": ctd.cpu_seconds if ctd else None,
             "working_set": asdict(ws) if ws else None,
             "fusefs_metrics": metrics or None,
+            "fusefs_state": state or None,
+            "timeline": (timeline(proxy.request_times(), w0, timing["ready"] if timing else None, records)
+                         if isinstance(proxy, TimedProxy) else None),
             "breakdown": parts, "mount_on_pull": mount_on_pull if mode in LAZY_MODES else None,
             "output": output,
             "page_cache_dropped": drop,
