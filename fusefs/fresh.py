@@ -21,7 +21,7 @@ import threading
 import time
 from collections import OrderedDict
 
-DEFAULT_CAPACITY = 32 << 20
+DEFAULT_CAPACITY = 64 << 20
 DEFAULT_MAX_AGE = 2.0
 
 
