@@ -22,8 +22,9 @@ benchmarks/results/fusefs.json. Method (also in docs/fusefs.md):
   disk, local disk, warm page cached, local page cache back to back (so that a round's
   ratios see the same machine load); the results are the medians, with every round and
   its load average kept. The daemon's CPU time per GiB read (utime + stime from
-  /proc/PID/stat) is recorded as well: unlike MB/s it barely depends on how busy the
-  shared machine is, so it shows what a change costs.
+  /proc/PID/stat, also split into the two) is recorded as well, and for cold reads the
+  registry's: unlike MB/s it barely depends on how busy the shared machine is, so it
+  shows what a change costs.
 - Prefetch is off (--no-prefetch) so that the numbers are the on-demand path.
 """
 from __future__ import annotations
@@ -143,40 +144,54 @@ def _drop_page_cache(paths) -> None:
             os.close(fd)
 
 
-def _cpu_seconds(pid: int) -> float:
+def _cpu_seconds(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of a process so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    tck = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tck, int(fields[12]) / tck
 
 
-def _mount_read(image: str, mp: Path, cache: Path, work: Path, mounts: list) -> tuple[float, float, dict]:
-    """Mount, read big.bin sequentially; (MB/s, daemon CPU seconds per GiB, fetcher stats)."""
+def _mount_read(image: str, mp: Path, cache: Path, work: Path, mounts: list,
+                registry_pid: int) -> tuple[float, float, dict]:
+    """Mount, read big.bin sequentially; (MB/s, daemon CPU seconds per GiB, fetcher stats
+    plus the CPU split: daemon user/system and the registry's, per GiB)."""
     m = Mount(image, mp, cache, work)
     mounts.append(m)
     try:
-        cpu0 = _cpu_seconds(m.pid)
+        (u0, s0), (ru0, rs0) = _cpu_seconds(m.pid), _cpu_seconds(registry_pid)
         mb_s, n = _read_throughput(m.mp / "big.bin")
-        cpu = (_cpu_seconds(m.pid) - cpu0) * GIB / n
-        return mb_s, cpu, {**m.state()["fetcher"], "rss_mb": round(_rss_kib(m.pid) / 1024, 1)}
+        (u1, s1), (ru1, rs1) = _cpu_seconds(m.pid), _cpu_seconds(registry_pid)
+        per = GIB / n
+        split = {"user_s_per_gib": round((u1 - u0) * per, 2), "sys_s_per_gib": round((s1 - s0) * per, 2),
+                 "registry_s_per_gib": round((ru1 - ru0 + rs1 - rs0) * per, 2)}
+        return mb_s, (u1 - u0 + s1 - s0) * per, {**m.state()["fetcher"], **split,
+                                                 "rss_mb": round(_rss_kib(m.pid) / 1024, 1)}
     finally:
         m.close()
         mounts.remove(m)
 
 
-def _big_round(image: str, payload: Path, big_size: int, work: Path, i: int, mounts: list) -> dict:
+def _big_round(image: str, payload: Path, big_size: int, work: Path, i: int, mounts: list,
+               registry_pid: int) -> dict:
     """One round of cold, warm and local reads of the 1 GiB file (see the module doc)."""
     row: dict = {"loadavg_1m": round(os.getloadavg()[0], 2)}
     cache = work / f"cache-big{i}"
     row["cold_mb_s"], row["cold_daemon_cpu_s_per_gib"], fetched = _mount_read(
-        image, work / f"big-cold{i}", cache, work, mounts)
+        image, work / f"big-cold{i}", cache, work, mounts, registry_pid)
     row["cold_requests"], row["cold_registry_mb"] = fetched["requests"], round(fetched["bytes"] / 1e6, 1)
+    row["cold_daemon_user_s_per_gib"] = fetched["user_s_per_gib"]
+    row["cold_daemon_sys_s_per_gib"] = fetched["sys_s_per_gib"]
+    row["cold_registry_cpu_s_per_gib"] = fetched["registry_s_per_gib"]
     row["rss_after_cold_read_mb"] = fetched["rss_mb"]
     _drop_page_cache([p for p in (cache / "chunks").rglob("*") if p.is_file()])
-    row["warm_from_disk_mb_s"], row["warm_from_disk_daemon_cpu_s_per_gib"], _ = _mount_read(
-        image, work / f"big-warmd{i}", cache, work, mounts)
+    row["warm_from_disk_mb_s"], row["warm_from_disk_daemon_cpu_s_per_gib"], warm = _mount_read(
+        image, work / f"big-warmd{i}", cache, work, mounts, registry_pid)
+    row["warm_from_disk_daemon_user_s_per_gib"] = warm["user_s_per_gib"]
+    row["warm_from_disk_daemon_sys_s_per_gib"] = warm["sys_s_per_gib"]
     _drop_page_cache([payload])
     row["local_disk_mb_s"] = _read_throughput(payload)[0]
     row["warm_page_cached_mb_s"], row["warm_page_cached_daemon_cpu_s_per_gib"], _ = _mount_read(
-        image, work / f"big-warmc{i}", cache, work, mounts)
+        image, work / f"big-warmc{i}", cache, work, mounts, registry_pid)
     row["local_page_cache_mb_s"] = max(_read_throughput(payload)[0] for _ in range(2))
     shutil.rmtree(cache, ignore_errors=True)
     row = {k: round(v, 2) if isinstance(v, float) else v for k, v in row.items()}
@@ -243,7 +258,7 @@ def run(work: Path, big_size: int = GIB) -> dict:
         os.unlink(work / "big.tar")
         image = _push(work / "big", reg.host, "bench/big")
         prep = round(time.perf_counter() - t0, 2)
-        rounds = [_big_round(image, payload, big_size, work, i, mounts) for i in range(ROUNDS)]
+        rounds = [_big_round(image, payload, big_size, work, i, mounts, reg.proc.pid) for i in range(ROUNDS)]
         med = {k: statistics.median(r[k] for r in rounds) for k in rounds[0]}
         cold, warm_disk, warm_cached = med["cold_mb_s"], med["warm_from_disk_mb_s"], med["warm_page_cached_mb_s"]
         local_disk, local_cached = med["local_disk_mb_s"], med["local_page_cache_mb_s"]
@@ -259,6 +274,9 @@ def run(work: Path, big_size: int = GIB) -> dict:
                 "warm_cached_ratio_to_local_page_cache": round(statistics.median(
                     r["warm_page_cached_mb_s"] / r["local_page_cache_mb_s"] for r in rounds), 3),
                 "cold_daemon_cpu_s_per_gib": med["cold_daemon_cpu_s_per_gib"],
+                "cold_daemon_user_s_per_gib": med["cold_daemon_user_s_per_gib"],
+                "cold_daemon_sys_s_per_gib": med["cold_daemon_sys_s_per_gib"],
+                "cold_registry_cpu_s_per_gib": med["cold_registry_cpu_s_per_gib"],
                 "warm_from_disk_daemon_cpu_s_per_gib": med["warm_from_disk_daemon_cpu_s_per_gib"],
                 "warm_page_cached_daemon_cpu_s_per_gib": med["warm_page_cached_daemon_cpu_s_per_gib"],
                 "cold_requests": med["cold_requests"], "loadavg_1m": med["loadavg_1m"],
