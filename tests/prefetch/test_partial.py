@@ -1,7 +1,8 @@
 """A big file of which a workload reads a little: the prefetch list keeps its ranges, the
 prefetch table holds only their chunks, and at runtime the prefetch moves those ranges,
-not the file (the converter lays the whole file record in the prefetch region; the
-planner puts it last so it does not split the contiguous part)."""
+not the file (the converter lays the whole file record in the prefetch region, in its
+place in first-read order; the prefetch stream skips the holes of the table by reopening
+its range after each: one request per hole, none of the hole's bytes)."""
 from __future__ import annotations
 
 import os
@@ -51,7 +52,9 @@ def test_only_the_read_ranges_of_a_big_file_are_in_the_prefetch_table(partial_im
     ino = bs.lookup(bs.lookup(bs.root, b"lib"), b"big.so")
     segs = bs.segments(ino, 0, BIG)
     in_table = [s for s in segs if s.chunk_index in table]
-    assert {s.file_offset // MiB for s in in_table} == {0, 10}
+    # 0 and 10 as read, and 9: the read at 10 MiB + 5 is within the 128 KiB the runtime's
+    # kernel readahead reads around a page (the planner pads ranges by it)
+    assert {s.file_offset // MiB for s in in_table} == {0, 9, 10}
 
 
 def test_at_runtime_a_big_partial_file_costs_only_its_ranges(partial_image, registry, tmp_path):
@@ -61,7 +64,8 @@ def test_at_runtime_a_big_partial_file_costs_only_its_ranges(partial_image, regi
             mounted(pushed.replace(registry.host, proxy.host), tmp_path) as m:
         wait_prefetch_done(m)
         gets = data_gets(proxy, boot)
-        assert sum(gets.values()) <= 2, gets
+        # one stream: opened at the front, reopened after each of the two holes of big.so
+        assert sum(gets.values()) <= 3, gets
         assert m.metrics()['imgfs_registry_bytes_total{kind="prefetch"}'] < 4 * MiB
         want = blob_data(2, BIG)
         with open(m.mountpoint / "lib/big.so", "rb", buffering=0) as f:
