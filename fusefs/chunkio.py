@@ -1,4 +1,4 @@
-"""Writing chunk cache files without filling the page cache (O_DIRECT), with a fallback.
+"""Writing and reading chunk cache files around the page cache (O_DIRECT), with fallbacks.
 
 Why: a cold read writes every fetched chunk to the store. A buffered ``write`` copies it
 into page-cache pages the kernel has to allocate first; on the VMs imgfs is benchmarked
@@ -25,6 +25,8 @@ import logging
 import mmap
 import os
 import threading
+from collections.abc import Callable
+from typing import TypeVar
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +37,7 @@ ALIGN = 4096
 DIRECT_MIN = 64 << 10
 
 _O_DIRECT = getattr(os, "O_DIRECT", 0)
+T = TypeVar("T")
 
 
 class ChunkWriter:
@@ -104,3 +107,60 @@ def _write_all(fd: int, data: bytes | memoryview, offset: int) -> None:
             raise OSError(errno.EIO, "short write")
         view = view[n:]
         offset += n
+
+
+class ChunkLoader:
+    """Reads whole chunk files with O_DIRECT into a per-thread aligned buffer.
+
+    Why: warm sequential reads used to pull chunk files into the page cache (posix_fadvise
+    WILLNEED) and ``pread`` them on the event loop. On the benchmark VM, page-cache pages
+    the guest has not touched lately are expensive on first touch, and after a cold read
+    written O_DIRECT all of them are: a warm read from disk right after a cold one spent
+    1.3-3.3 CPU-s/GiB in the daemon (the copy out of those pages) and ran at 310-750
+    MB/s. A direct read lands in a buffer the thread reuses (no new pages, and no second
+    copy of the data in the page cache next to the FUSE file's own), in a worker thread;
+    the caller checks the bytes and copies them out: 1.0 CPU-s/GiB, 980-990 MB/s in the
+    same sequence. Where O_DIRECT is refused (EINVAL) the file is read plainly.
+    """
+
+    def __init__(self, direct: bool = True) -> None:
+        self.direct = direct and _O_DIRECT != 0
+        self._local = threading.local()
+
+    def _buffer(self, size: int) -> mmap.mmap:
+        buf = getattr(self._local, "buf", None)
+        if buf is None or len(buf) < size:
+            if buf is not None:
+                buf.close()
+            buf = self._local.buf = mmap.mmap(-1, -(-size // ALIGN) * ALIGN)
+        return buf
+
+    def load(self, path: str, use: Callable[[memoryview], T]) -> T:
+        """``use(whole file content)``; the view is valid only during the call (the
+        buffer is reused). FileNotFoundError if there is no such file."""
+        if self.direct:
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | _O_DIRECT)
+            except OSError as exc:
+                if exc.errno != errno.EINVAL:
+                    raise
+                self.direct = False
+            else:
+                try:
+                    size = os.fstat(fd).st_size
+                    buf = self._buffer(size + ALIGN)
+                    try:
+                        n = os.preadv(fd, [buf], 0)
+                    except OSError as exc:
+                        if exc.errno != errno.EINVAL:
+                            raise
+                        self.direct = False
+                        n = -1
+                finally:
+                    os.close(fd)
+                if n >= 0:
+                    with memoryview(buf) as view, view[:n] as content:
+                        return use(content)
+        with open(path, "rb", buffering=0) as f:
+            raw = f.read()
+        return use(memoryview(raw))

@@ -9,17 +9,14 @@ Policy (what to fetch when a read misses):
   starts fetching the chunks of ``[end, end + window)`` in the background; the read
   itself waits only for its own chunks. The window starts at ``readahead`` (8 MiB) and
   doubles with every refill while the reader stays sequential, up to
-  ``readahead_max`` (64 MiB), like the kernel's own read-ahead: a random reader of a
+  ``readahead_max`` (32 MiB), like the kernel's own read-ahead: a random reader of a
   large file pays one small window per miss, a long sequential reader keeps several
   large requests in flight ahead of it (pipelining: while it consumes range k, ranges
   k+1..k+n are on the wire). Read-ahead requests may be up to ``readahead_request``
-  (16 MiB): the registry's cost per request (time to first byte ~5-10 ms for
-  docker-registry on a loaded box, and its CPU) is then paid per 16 MiB. Measured on a
-  cold 1 GiB read from a loopback docker-registry: 8 MiB requests in a 32 MiB window
-  cost the registry 1.8-1.9 CPU-s/GiB, 16 MiB in 64 MiB 1.2 (139 requests instead of
-  261, the daemon the same), 32 MiB in 128 MiB 1.0 but the daemon more (bodies of 32
-  MiB are mmap'd: fresh pages per request, see ``tune_allocator``); the read's own
-  chunks still go in small requests of their own;
+  (8 MiB): on a fast link the registry's per-request latency (~5-10 ms for
+  docker-registry on a loaded box) is then paid per 8 MiB, not per 4 MiB; the read's
+  own chunks still go in small requests of their own. (64 MiB / 16 MiB measured no
+  faster and doubled the daemon's RSS while streaming: bodies in flight);
 - a read whose chunks are all cached costs no fetcher work at all.
 
 The store keeps chunks decompressed, so a hit is one ``pread`` per chunk touched.
@@ -30,7 +27,6 @@ on its first use after a restart) is refetched once.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -50,20 +46,24 @@ DEFAULT_READAHEAD_REQUEST = 16 << 20
 #: How far behind the furthest byte read a read still counts as sequential: the kernel
 #: keeps several read-ahead requests in flight, and the daemon may see them reordered.
 SEQUENTIAL_SLACK = 8 << 20
-#: A sequential reader of cached chunks gets the chunk files of the next this many bytes
-#: pulled into the page cache (posix_fadvise WILLNEED, in batches of ADVISE_BATCH): the
-#: kernel's read-ahead works within one file, and every 1 MiB chunk is a file of its own,
-#: so without this each chunk file would be a cold synchronous read.
-ADVISE_AHEAD = 32 << 20
-ADVISE_BATCH = 8 << 20
+#: A sequential reader of cached chunks gets the chunks of the next this many bytes loaded
+#: into memory ahead of it (``ChunkStore.load``: O_DIRECT, trailer checked, in worker
+#: threads, LOAD_BATCH bytes per job, several jobs in parallel) and handed over like
+#: fetched ones (``fusefs.fresh``): the kernel's read-ahead works within one file, and
+#: every 1 MiB chunk is a file of its own, so without this each chunk file would be a cold
+#: synchronous read. (It replaced posix_fadvise WILLNEED + ``pread`` on the event loop:
+#: the copy out of just-read page-cache pages cost 0.4-0.7 CPU-s/GiB on the benchmark VM,
+#: and the main thread is the daemon's serial part.)
+LOAD_AHEAD = 32 << 20
+LOAD_BATCH = 2 << 20
+LOAD_JOBS = 8
 #: Reads at least this big copy from the store in a worker thread: the kernel keeps
 #: several 1 MiB reads in flight, and chunk files not in the page cache then come off the
 #: disk in parallel (measured on a loaded 2-core box: ~2x warm-from-disk throughput,
 #: page-cached reads the same within noise); small reads stay inline,
 #: where a thread hop would cost more than the copy.
-#: Reads whose chunk files are known to be in the page cache (just fetched, or advised
-#: ahead of a sequential reader) are copied inline: the thread hop then costs more than
-#: it saves (measured: ~25% less daemon CPU per GiB warm, ~1.3x throughput).
+#: Reads whose chunks are all in memory (just fetched, or loaded ahead of a sequential
+#: reader) are served inline: the thread hop would cost more than it saves.
 THREADED_READ = 256 << 10
 
 
@@ -123,9 +123,11 @@ class FileReader:
         self.store = store
         self.config = config
         self._io_limiter = trio.CapacityLimiter(4)
+        self._load_limiter = trio.CapacityLimiter(LOAD_JOBS)
         # ino -> (furthest end read, current read-ahead window): sequential detection
         self._stream: dict[int, tuple[int, int]] = {}
-        self._advised: dict[int, int] = {}      # ino -> file offset its chunk files are advised up to
+        self._loaded: dict[int, int] = {}       # ino -> file offset chunks are loaded ahead up to
+        self._loading: dict[bytes, trio.Event] = {}     # chunk digest -> set once its load ended
         #: nursery.start_soon of the daemon, for background read-ahead (None: synchronous)
         self.spawn: Callable[..., None] | None = None
 
@@ -156,7 +158,6 @@ class FileReader:
         # pinned before fetching: a chunk a read waits for is never evicted under it
         with store.pinned([ref.info.digest for ref, _ in parts]):
             missing = [ref for ref, _ in parts if not store.contains(ref.info.digest)]
-            advised = False
             if file_size <= self.config.small_file:
                 if missing:
                     await self.fetcher.ensure([ref for ref, _ in self._refs(ino, 0, file_size, file_size)])
@@ -169,14 +170,16 @@ class FileReader:
                 if missing:
                     await self.fetcher.ensure(missing)
                 elif sequential and self.spawn is not None:
-                    # advised by an earlier read (not this one): had time to come off the disk
-                    advised = offset + size <= self._advised.get(ino, 0)
-                    self._advise_ahead(ino, self._stream[ino][0], file_size)
+                    self._load_ahead(ino, self._stream[ino][0], file_size)
+            if self._loading:       # being loaded into memory: wait rather than read it twice
+                for ref, _ in parts:
+                    ev = self._loading.get(ref.info.digest)
+                    if ev is not None:
+                        await ev.wait()
             for attempt in (0, 1):
-                # chunks in memory (just fetched) or advised into the page cache are copied
-                # inline; others may need the disk: read off the event loop, in parallel
-                inline = size < THREADED_READ or advised or all(fresh.has(ref.info.digest)
-                                                                  for ref, _ in parts)
+                # chunks in memory (just fetched or loaded) are copied inline; others may
+                # need the disk: read off the event loop, in parallel
+                inline = size < THREADED_READ or all(fresh.has(ref.info.digest) for ref, _ in parts)
                 if inline:
                     out = self._assemble(parts, offset, size)
                 else:
@@ -235,23 +238,48 @@ class FileReader:
         self.spawn(self._fetch_quietly, ahead)
         return []
 
-    def _advise_ahead(self, ino: int, front: int, file_size: int) -> None:
-        """Ask the kernel to read the next cached chunk files of a sequential reader (warm
-        reads): their disk reads then overlap with serving the current ones."""
-        start = max(self._advised.get(ino, 0), front)
-        end = min(front + ADVISE_AHEAD, file_size)
-        if end - start < min(ADVISE_BATCH, file_size - start):
+    def _load_ahead(self, ino: int, front: int, file_size: int) -> None:
+        """Load the next cached chunks of a sequential reader into memory (warm reads):
+        their disk reads then overlap with serving the current ones."""
+        start = max(self._loaded.get(ino, 0), front)
+        end = min(front + LOAD_AHEAD, file_size)
+        fresh = self.fetcher.fresh
+        end = min(end, start + fresh.capacity - fresh.nbytes)     # what the hand-over can hold
+        if end - start < min(LOAD_BATCH, file_size - start):
             return
-        self._advised[ino] = end
-        paths = [self.store.path(ref.digest) for ref, _ in self._refs(ino, start, end - start, file_size)
-                 if not self.fetcher.pending(ref.digest)]
-        self.spawn(self._advise_quietly, paths)
+        self._loaded[ino] = end
+        batch: list[ChunkRef] = []
+        size = 0
+        for ref, _ in self._refs(ino, start, end - start, file_size):
+            d = ref.info.digest
+            if d in self._loading or fresh.has(d) or self.fetcher.pending(d):
+                continue
+            self._loading[d] = trio.Event()
+            batch.append(ref)
+            size += ref.info.uncomp_size
+            if size >= LOAD_BATCH:
+                self.spawn(self._load_quietly, batch)
+                batch, size = [], 0
+        if batch:
+            self.spawn(self._load_quietly, batch)
 
-    async def _advise_quietly(self, paths: list[Any]) -> None:
+    async def _load_quietly(self, refs: list[ChunkRef]) -> None:
         try:
-            await trio.to_thread.run_sync(_willneed, paths, limiter=self._io_limiter)
-        except Exception:  # a hint only: must never take the mount down
-            log.debug("read-ahead advice failed", exc_info=True)
+            await trio.to_thread.run_sync(self._load_sync, refs, limiter=self._load_limiter)
+        except Exception:  # read-ahead only: the read itself will go to the store and report
+            log.debug("loading chunks ahead failed", exc_info=True)
+        finally:
+            for ref in refs:
+                ev = self._loading.pop(ref.info.digest, None)
+                if ev is not None:
+                    ev.set()
+
+    def _load_sync(self, refs: list[ChunkRef]) -> None:
+        """Worker thread: whole chunks from the store (trailer-checked) into the hand-over."""
+        for ref in refs:
+            data = self.store.load(ref.info.digest)
+            if data is not None and len(data) == ref.info.uncomp_size:
+                self.fetcher.fresh.add(ref.info.digest, data)
 
     async def _fetch_quietly(self, refs: list[ChunkRef]) -> None:
         try:
@@ -290,18 +318,3 @@ class FileReader:
             pos = seg.file_offset - offset
             buf[pos:pos + seg.length] = data
         return bytes(buf)
-
-
-def _willneed(paths: list[Any]) -> None:
-    """posix_fadvise(WILLNEED) each file (asynchronous read-ahead); missing files are skipped."""
-    for path in paths:
-        try:
-            fd = os.open(path, os.O_RDONLY)
-        except OSError:
-            continue
-        try:
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
-        except OSError:
-            pass
-        finally:
-            os.close(fd)

@@ -44,7 +44,7 @@ from pathlib import Path
 
 import xxhash
 
-from fusefs.chunkio import ChunkWriter
+from fusefs.chunkio import ChunkLoader, ChunkWriter
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +69,12 @@ def _checked_body(raw: bytes) -> memoryview | None:
         return None
     body = memoryview(raw)[:-TRAILER]
     return body if _trailer(body) == raw[-TRAILER:] else None
+
+
+def _body_copy(content: memoryview) -> bytes | None:
+    """The checked chunk bytes of a cache file's content, copied out; None if it is bad."""
+    body = _checked_body(content)
+    return None if body is None else bytes(body)
 
 
 @dataclass(frozen=True)
@@ -102,6 +108,7 @@ class ChunkStore:
         self._chunks.mkdir(parents=True, exist_ok=True)
         self._tmp.mkdir(parents=True, exist_ok=True)
         self._writer = ChunkWriter()
+        self._loader = ChunkLoader()
         self._lock = threading.Lock()
         self._index: OrderedDict[str, int] = OrderedDict()
         self._verified: set[str] = set()
@@ -215,6 +222,33 @@ class ChunkStore:
         with self._lock:
             if not verified:
                 self._verified.add(h)
+            if h in self._index:
+                self._index.move_to_end(h)
+            self._hits += 1
+        return data
+
+    def load(self, digest: bytes) -> bytes | None:
+        """The whole chunk, read around the page cache, trailer checked; None on a miss."""
+        h = digest.hex()
+        with self._lock:
+            known = h in self._index
+        if not known and not self.contains(digest):
+            self._count_miss()
+            return None
+        try:
+            data = self._loader.load(self._pathstr(h), _body_copy)
+        except FileNotFoundError:
+            self._drop(h, unlink=False)
+            self._count_miss()
+            return None
+        if data is None:
+            log.error("cache entry %s is corrupted (checksum mismatch or truncated): deleted, "
+                      "will refetch", h)
+            self._drop(h, unlink=True, corrupt=True)
+            self._count_miss()
+            return None
+        with self._lock:
+            self._verified.add(h)
             if h in self._index:
                 self._index.move_to_end(h)
             self._hits += 1

@@ -16,7 +16,7 @@ import threading
 import pytest
 
 from fusefs import chunkio
-from fusefs.chunkio import ALIGN, DIRECT_MIN, ChunkWriter
+from fusefs.chunkio import ALIGN, DIRECT_MIN, ChunkLoader, ChunkWriter
 from fusefs.store import TRAILER, ChunkStore
 
 SIZES = [1, ALIGN - TRAILER, ALIGN, DIRECT_MIN - TRAILER - 1, DIRECT_MIN - TRAILER, DIRECT_MIN,
@@ -108,3 +108,74 @@ def test_store_round_trip_restart_and_corruption_of_direct_written_chunks(tmp_pa
     assert s3.statistics().corrupt == 1
     s3.put(bad, bad_data)
     assert ChunkStore(tmp_path).read(bad) == bad_data
+
+
+@pytest.mark.parametrize("direct", [True, False])
+def test_loader_returns_whole_files_and_reuses_nothing_visible(tmp_path, direct):
+    w, loader = ChunkWriter(), ChunkLoader(direct=direct)
+    files = []
+    for i, size in enumerate(SIZES):
+        data = _data(i, size) + b"Z" * TRAILER
+        path = tmp_path / f"f{i}"
+        w.write(str(path), data[:-TRAILER], data[-TRAILER:])
+        files.append((path, data))
+    # the loader's buffer is reused: what ``use`` copies out must stay right afterwards
+    got = [loader.load(str(p), bytes) for p, _ in files]
+    assert [len(g) for g in got] == [len(d) for _, d in files]
+    assert all(g == d for g, (_, d) in zip(got, files))
+    with pytest.raises(FileNotFoundError):
+        loader.load(str(tmp_path / "missing"), bytes)
+
+
+def test_loader_falls_back_when_o_direct_is_refused(tmp_path, monkeypatch):
+    real_open = os.open
+
+    def no_direct(path, flags, *args):
+        if flags & getattr(os, "O_DIRECT", 0):
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_open(path, flags, *args)
+
+    data = _data(3, (1 << 20) + 7)
+    (tmp_path / "a").write_bytes(data)
+    monkeypatch.setattr(chunkio.os, "open", no_direct)
+    loader = ChunkLoader(direct=True)
+    assert loader.load(str(tmp_path / "a"), bytes) == data
+    assert not loader.direct
+
+
+def test_concurrent_loads_never_mix_bytes(tmp_path):
+    loader = ChunkLoader()
+    files = []
+    for i in range(24):
+        data = _data(i, SIZES[i % len(SIZES)])
+        (tmp_path / f"c{i}").write_bytes(data)
+        files.append((tmp_path / f"c{i}", data))
+    errors: list[str] = []
+
+    def worker(t: int) -> None:
+        for j in range(40):
+            path, data = files[(t * 7 + j) % len(files)]
+            if loader.load(str(path), bytes) != data:
+                errors.append(f"thread {t}: {path.name}")
+
+    threads = [threading.Thread(target=worker, args=(t,)) for t in range(6)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(60)
+    assert not errors, errors[:5]
+
+
+def test_store_load_checks_the_trailer(tmp_path):
+    s = ChunkStore(tmp_path)
+    data = _data(9, (1 << 20) + 3)
+    d = hashlib.sha256(data).digest()
+    s.put(d, data)
+    assert ChunkStore(tmp_path).load(d) == data
+    raw = bytearray(s.path(d).read_bytes())
+    raw[777] ^= 0x40
+    s.path(d).write_bytes(bytes(raw))
+    s2 = ChunkStore(tmp_path)
+    assert s2.load(d) is None and not s2.path(d).exists()
+    assert s2.statistics().corrupt == 1
+    assert s2.load(hashlib.sha256(b"never stored").digest()) is None

@@ -144,3 +144,43 @@ def test_a_new_view_is_asked_not_the_spans_of_the_old_one(tmp_path):
     base2 = second.files[2][0]
     assert base2 != base1 and trio.run(read, 2) == stream[base2:base2 + 3 * CHUNK]
     assert reader.view is second
+
+
+def test_warm_sequential_reads_load_ahead_right_bytes_and_catch_a_rotten_file(tmp_path):
+    """After a restart (a new store on the same dir), a sequential reader gets its chunks
+    loaded ahead into memory (``ChunkStore.load``); every byte is right, and a cache file
+    rotten on disk is found by its trailer and fetched again, never served."""
+    data, refs, raws = make_random_blob(160)
+    stream = b"".join(raws)
+    size = 150 * CHUNK
+    view = ManyFilesView(refs, [size])
+    cfg = ReaderConfig(small_file=CHUNK, readahead=8 * CHUNK, readahead_max=32 * CHUNK,
+                       readahead_request=8 * CHUNK)
+
+    def reader_on(store: ChunkStore, blob: MemoryBlob) -> FileReader:
+        return FileReader(view, Fetcher(blob, store, decode_chunk, max_request=4 * CHUNK), store, cfg)
+
+    async def read_all(reader: FileReader, step: int) -> bytes:
+        out = bytearray()
+        async with trio.open_nursery() as nursery:
+            reader.spawn = nursery.start_soon
+            for off in range(0, size, step):
+                out += await reader.read(1, off, step, size)
+            nursery.cancel_scope.cancel()
+        return bytes(out)
+
+    first = MemoryBlob(data)
+    assert trio.run(read_all, reader_on(ChunkStore(tmp_path / "c"), first), CHUNK) == stream[:size]
+    # rot one cache file in the middle (its trailer no longer matches)
+    store = ChunkStore(tmp_path / "c")
+    bad = refs[90].info.digest
+    raw = bytearray(store.path(bad).read_bytes())
+    raw[100] ^= 1
+    store.path(bad).write_bytes(bytes(raw))
+    again = MemoryBlob(data)
+    warm = reader_on(store, again)
+    assert trio.run(read_all, warm, 2 * CHUNK) == stream[:size]
+    assert store.statistics().corrupt == 1
+    assert warm.fetcher.fresh.served > 100            # served from chunks loaded ahead
+    assert any(s <= refs[90].info.comp_offset < e for s, e in again.requests)   # refetched
+    assert sum(e - s for s, e in again.requests) < 10 * (CHUNK + 64)   # only around the bad one
