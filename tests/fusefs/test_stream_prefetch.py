@@ -132,6 +132,9 @@ def test_read_far_ahead_of_the_stream_fetches_on_demand(blob, link, tmp_path):
         async with trio.open_nursery() as n:
             n.start_soon(functools.partial(fetcher.ensure, refs, prefetch=True))
             await until(lambda: fetcher.pending(refs[-1].digest), "the stream to start")
+            # its GET at the proxy first (claimed is not sent: under load the read's own
+            # request could otherwise overtake it, and the order below would not hold)
+            await until(lambda: len(proxy.blob_gets(digest)) == 1, "the stream's request")
             await fetcher.ensure(ahead)
             seen["bytes"] = stream_bytes(proxy, digest)
             seen["gets"] = [r.range for r in proxy.blob_gets(digest)]
