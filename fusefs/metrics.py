@@ -77,6 +77,10 @@ class Metrics:
         self.read_bytes = Counter("imgfs_read_bytes", "Bytes returned by FUSE reads", registry=self.registry)
         self.errors = Counter("imgfs_errors", "Errors returned to FUSE callers", ["errno"],
                               registry=self.registry)
+        self.push_bytes = Counter("imgfs_kernel_push_bytes", "Bytes pushed into the kernel page cache "
+                                  "(warm sequential reads, FUSE notify_store)", registry=self.registry)
+        self.push_failures = Counter("imgfs_kernel_push_failures", "Pushes the kernel refused",
+                                     registry=self.registry)
         if sources is not None:
             self.registry.register(_StatsCollector(sources))
 

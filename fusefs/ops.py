@@ -35,6 +35,7 @@ import pyfuse3
 from fusefs.accesslog import AccessLog
 from fusefs.fetcher import FetchError
 from fusefs.metrics import Metrics
+from fusefs.push import KernelPush
 from fusefs.reader import FileReader
 
 log = logging.getLogger(__name__)
@@ -92,6 +93,10 @@ class Operations(pyfuse3.Operations):
         # ino -> path relative to the root, only kept for the access log
         self._paths: dict[int, str] = {pyfuse3.ROOT_INODE: ""}
         self._statfs_files = int(getattr(view, "inode_count", 0) or 0)
+        if reader.push is None:
+            # warm sequential reads go into the kernel page cache off the event loop
+            reader.push = KernelPush(reader.store, pyfuse3.notify_store, on_push=metrics.push_bytes.inc,
+                                     on_failure=metrics.push_failures.inc)
 
     # -- helpers -------------------------------------------------------------------------
 

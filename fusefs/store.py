@@ -37,16 +37,18 @@ import os
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import xxhash
 
 from fusefs.chunkio import ChunkLoader, ChunkWriter
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 TRAILER = 16   # xxh3-128 of the chunk bytes, appended to each cache file
 
@@ -69,12 +71,6 @@ def _checked_body(raw: bytes) -> memoryview | None:
         return None
     body = memoryview(raw)[:-TRAILER]
     return body if _trailer(body) == raw[-TRAILER:] else None
-
-
-def _body_copy(content: memoryview) -> bytes | None:
-    """The checked chunk bytes of a cache file's content, copied out; None if it is bad."""
-    body = _checked_body(content)
-    return None if body is None else bytes(body)
 
 
 @dataclass(frozen=True)
@@ -229,19 +225,36 @@ class ChunkStore:
 
     def load(self, digest: bytes) -> bytes | None:
         """The whole chunk, read around the page cache, trailer checked; None on a miss."""
+        return self.load_with(digest, bytes)
+
+    def load_with(self, digest: bytes, use: Callable[[memoryview], T]) -> T | None:
+        """``use(the whole chunk)``, read around the page cache (O_DIRECT) into the calling
+        thread's buffer and trailer checked; None on a miss (absent, evicted by another
+        daemon, or corrupted: deleted so a refetch replaces it). The view is valid only
+        during ``use`` (the buffer is reused): pushing it to the kernel needs no copy."""
         h = digest.hex()
         with self._lock:
             known = h in self._index
         if not known and not self.contains(digest):
             self._count_miss()
             return None
+        box: list[T] = []
+
+        def checked(content: memoryview) -> bool:
+            body = _checked_body(content)
+            if body is None:
+                return False
+            with body:
+                box.append(use(body))
+            return True
+
         try:
-            data = self._loader.load(self._pathstr(h), _body_copy)
+            ok = self._loader.load(self._pathstr(h), checked)
         except FileNotFoundError:
             self._drop(h, unlink=False)
             self._count_miss()
             return None
-        if data is None:
+        if not ok:
             log.error("cache entry %s is corrupted (checksum mismatch or truncated): deleted, "
                       "will refetch", h)
             self._drop(h, unlink=True, corrupt=True)
@@ -252,7 +265,7 @@ class ChunkStore:
             if h in self._index:
                 self._index.move_to_end(h)
             self._hits += 1
-        return data
+        return box[0]
 
     def _count_miss(self) -> None:
         with self._lock:
