@@ -297,10 +297,13 @@ class FileReader:
         batch: list[tuple[ChunkRef, Any]] = []
         size = 0
         stop = end
+        fresh = self.fetcher.fresh
         for ref, seg in self._refs(ino, start, end - start, file_size):
             d = ref.info.digest
-            if self.fetcher.pending(d) or not self.store.contains(d):
-                stop = seg.file_offset      # not cached: reads fetch it, pushes stop here
+            # not cached: reads fetch it; just fetched (a cold read): the read waiting for
+            # it takes it from memory, and a push would leave it there unread
+            if self.fetcher.pending(d) or fresh.has(d) or not self.store.contains(d):
+                stop = seg.file_offset
                 break
             batch.append((ref, seg))
             size += seg.length

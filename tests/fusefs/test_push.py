@@ -112,3 +112,18 @@ def test_missing_or_corrupt_chunk_is_not_pushed(tmp_path):
     assert pushed == 20 * CHUNK                 # stopped at the bad chunk
     assert all(off + len(d) <= 20 * CHUNK for _, off, d in rec.calls)
     assert not reader.store.contains(refs[20].info.digest)     # deleted, will be refetched
+
+
+def test_a_second_run_over_the_file_is_pushed_again(tmp_path, monkeypatch):
+    """The kernel may drop pushed pages (memory pressure): a reader starting over from the
+    beginning gets its chunks pushed again, not left to plain READs."""
+    monkeypatch.setattr("fusefs.reader.SEQUENTIAL_SLACK", 4 * CHUNK)     # to the test's scale
+    size = 48 * CHUNK
+    reader, expected = _warm(tmp_path, 48, size)
+    rec = Recorder()
+    reader.push = KernelPush(reader.store, rec)
+    assert trio.run(_read_seq, reader, size, CHUNK) == expected
+    first = len(rec.calls)
+    assert first > 0
+    assert trio.run(_read_seq, reader, size, CHUNK) == expected
+    assert len(rec.calls) >= 2 * first - 2
