@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import signal
 import sys
 import time
 from pathlib import Path
@@ -105,9 +106,16 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
     return 1 if failed else 0
 
 
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = _parser().parse_args(argv)
+    # `kill PID` (a CI timeout, a user) must run the harness's cleanup like Ctrl-C does: the
+    # registry, containerd, snapshotter and daemons it started are stopped in `finally` blocks
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         if args.command == "images":
             try:
