@@ -40,8 +40,9 @@ _O_DIRECT = getattr(os, "O_DIRECT", 0)
 T = TypeVar("T")
 
 
-class ChunkWriter:
-    """Writes whole chunk files; thread-safe (each thread has its own aligned buffer)."""
+class _AlignedBuffers:
+    """O_DIRECT on (where the OS has it) and one page-aligned buffer per thread, reused, grown
+    as needed: direct I/O wants aligned memory, and fresh pages per chunk cost more than the I/O."""
 
     def __init__(self, direct: bool = True) -> None:
         self.direct = direct and _O_DIRECT != 0
@@ -54,6 +55,10 @@ class ChunkWriter:
                 buf.close()
             buf = self._local.buf = mmap.mmap(-1, -(-size // ALIGN) * ALIGN)
         return buf
+
+
+class ChunkWriter(_AlignedBuffers):
+    """Writes whole chunk files; thread-safe (each thread has its own aligned buffer)."""
 
     def write(self, path: str, data: bytes | memoryview, trailer: bytes) -> None:
         """Write ``path`` (created or truncated) holding ``data`` + ``trailer``."""
@@ -109,7 +114,7 @@ def _write_all(fd: int, data: bytes | memoryview, offset: int) -> None:
         offset += n
 
 
-class ChunkLoader:
+class ChunkLoader(_AlignedBuffers):
     """Reads whole chunk files with O_DIRECT into a per-thread aligned buffer.
 
     Why: warm sequential reads used to pull chunk files into the page cache (posix_fadvise
@@ -122,18 +127,6 @@ class ChunkLoader:
     the caller checks the bytes and copies them out: 1.0 CPU-s/GiB, 980-990 MB/s in the
     same sequence. Where O_DIRECT is refused (EINVAL) the file is read plainly.
     """
-
-    def __init__(self, direct: bool = True) -> None:
-        self.direct = direct and _O_DIRECT != 0
-        self._local = threading.local()
-
-    def _buffer(self, size: int) -> mmap.mmap:
-        buf = getattr(self._local, "buf", None)
-        if buf is None or len(buf) < size:
-            if buf is not None:
-                buf.close()
-            buf = self._local.buf = mmap.mmap(-1, -(-size // ALIGN) * ALIGN)
-        return buf
 
     def load(self, path: str, use: Callable[[memoryview], T]) -> T:
         """``use(whole file content)``; the view is valid only during the call (the
