@@ -192,9 +192,7 @@ class ChunkStore:
         try:
             fd = os.open(self._pathstr(h), os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
-            self._drop(h, unlink=False)
-            self._count_miss()
-            return None
+            return self._vanished(h)
         try:
             if verified:
                 if length is None:
@@ -210,17 +208,8 @@ class ChunkStore:
         finally:
             os.close(fd)
         if not ok:      # torn, rotten, or truncated under us: delete, refetch
-            log.error("cache entry %s is corrupted (checksum mismatch or truncated): deleted, "
-                      "will refetch", h)
-            self._drop(h, unlink=True, corrupt=True)
-            self._count_miss()
-            return None
-        with self._lock:
-            if not verified:
-                self._verified.add(h)
-            if h in self._index:
-                self._index.move_to_end(h)
-            self._hits += 1
+            return self._corrupted(h)
+        self._hit(h)
         return data
 
     def load(self, digest: bytes) -> bytes | None:
@@ -251,25 +240,35 @@ class ChunkStore:
         try:
             ok = self._loader.load(self._pathstr(h), checked)
         except FileNotFoundError:
-            self._drop(h, unlink=False)
-            self._count_miss()
-            return None
+            return self._vanished(h)
         if not ok:
-            log.error("cache entry %s is corrupted (checksum mismatch or truncated): deleted, "
-                      "will refetch", h)
-            self._drop(h, unlink=True, corrupt=True)
-            self._count_miss()
-            return None
-        with self._lock:
-            self._verified.add(h)
-            if h in self._index:
-                self._index.move_to_end(h)
-            self._hits += 1
+            return self._corrupted(h)
+        self._hit(h)
         return box[0]
 
     def _count_miss(self) -> None:
         with self._lock:
             self._misses += 1
+
+    def _vanished(self, h: str) -> None:
+        """A file the index had is gone (another daemon evicted it): a miss."""
+        self._drop(h, unlink=False)
+        self._count_miss()
+
+    def _corrupted(self, h: str) -> None:
+        """Torn, rotten or truncated: deleted so that a refetch replaces it; a miss."""
+        log.error("cache entry %s is corrupted (checksum mismatch or truncated): deleted, "
+                  "will refetch", h)
+        self._drop(h, unlink=True, corrupt=True)
+        self._count_miss()
+
+    def _hit(self, h: str) -> None:
+        """A use that found the entry whole: verified from now on, most recently used."""
+        with self._lock:
+            self._verified.add(h)
+            if h in self._index:
+                self._index.move_to_end(h)
+            self._hits += 1
 
     # -- writing -------------------------------------------------------------------------
 
