@@ -163,3 +163,28 @@ def file_chunks(layout: Path, path: str, layer: int = 0) -> tuple[str, list]:
         ino = bs.lookup(ino, part.encode())
         assert ino is not None, path
     return digest, [bs.chunk(s.chunk_index) for s in bs.segments(ino, 0, bs.getattr(ino).size)]
+
+
+def push_frames_blob(registry_host: str, repo: str, n_chunks: int, raw_size: int, seed: int,
+                     workdir: Path) -> tuple[str, list, list[bytes], int]:
+    """Pushes a blob of ``n_chunks`` independent zstd frames of random (incompressible) bytes
+    to ``repo``; returns (blob digest, the chunks' ChunkRefs, their raw bytes, blob size)."""
+    import zstandard
+
+    from fusefs.plan import ChunkRef
+    from imgformat.records import ChunkInfo
+    from registry.client import RegistryClient
+
+    rnd = random.Random(seed)
+    cctx = zstandard.ZstdCompressor(level=1, write_content_size=True)
+    out, infos, raws = bytearray(), [], []
+    for _ in range(n_chunks):
+        raw = rnd.randbytes(raw_size)
+        frame = cctx.compress(raw)
+        infos.append(ChunkInfo(0, len(out), len(frame), len(raw), hashlib.sha256(raw).digest()))
+        raws.append(raw)
+        out += frame
+    digest = "sha256:" + hashlib.sha256(out).hexdigest()
+    with RegistryClient(registry_host, plain_http=True, docker_config=workdir / "none.json") as c:
+        c.push_blob(repo, digest, bytes(out))
+    return digest, [ChunkRef(digest, info) for info in infos], raws, len(out)

@@ -9,13 +9,11 @@ requests and byte counts, never on wall-clock time.
 from __future__ import annotations
 
 import hashlib
-import random
 import uuid
 from types import SimpleNamespace
 
 import pytest
 import trio
-import zstandard
 
 from benchmarks.proxy import ShapingProxy
 from fusefs.fetcher import ChunkRef, Fetcher
@@ -33,6 +31,7 @@ from fusefs.stream import STREAM_MIN
 from imgformat.chunk import decode_chunk
 from imgformat.records import ChunkInfo
 from registry.client import RegistryClient
+from tests.fusefs import imagekit
 
 N_CHUNKS = 24
 RAW = 256 << 10                 # incompressible: each frame is ~256 KiB, the blob ~6 MiB
@@ -87,21 +86,10 @@ def test_prefetch_table_lowers_both_readaheads():
 
 @pytest.fixture(scope="module")
 def blob(registry, tmp_path_factory) -> tuple[str, str, list[ChunkRef], list[bytes], int]:
-    rnd = random.Random(7)
-    cctx = zstandard.ZstdCompressor(level=1, write_content_size=True)
-    out, refs, raws = bytearray(), [], []
-    for _ in range(N_CHUNKS):
-        raw = rnd.randbytes(RAW)
-        frame = cctx.compress(raw)
-        refs.append(ChunkRef("", ChunkInfo(0, len(out), len(frame), len(raw), hashlib.sha256(raw).digest())))
-        raws.append(raw)
-        out += frame
-    digest = "sha256:" + hashlib.sha256(out).hexdigest()
     repo = f"prefetchholes/{uuid.uuid4().hex[:8]}"
-    cfg = tmp_path_factory.mktemp("holes") / "none.json"
-    with RegistryClient(registry.host, plain_http=True, docker_config=cfg) as c:
-        c.push_blob(repo, digest, bytes(out))
-    return repo, digest, [ChunkRef(digest, r.info) for r in refs], raws, len(out)
+    digest, refs, raws, total = imagekit.push_frames_blob(registry.host, repo, N_CHUNKS, RAW, 7,
+                                                          tmp_path_factory.mktemp("holes"))
+    return repo, digest, refs, raws, total
 
 
 def test_stream_skips_the_holes_of_the_table(blob, registry, tmp_path):

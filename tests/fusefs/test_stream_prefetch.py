@@ -9,14 +9,11 @@ takes seconds, and the link is opened up once the assertion is made.
 from __future__ import annotations
 
 import functools
-import hashlib
-import random
 import uuid
 from pathlib import Path
 
 import pytest
 import trio
-import zstandard
 
 from benchmarks.proxy import ShapingProxy
 from fusefs.fetcher import ChunkCorrupted, ChunkRef, Fetcher, FetchError, StreamCut
@@ -24,7 +21,6 @@ from fusefs.prefetch import Prefetcher
 from fusefs.source import RegistrySource
 from fusefs.store import ChunkStore
 from imgformat.chunk import decode_chunk
-from imgformat.records import ChunkInfo
 from registry.client import RegistryClient
 from registry.reference import parse_reference
 from tests.fusefs import imagekit
@@ -39,21 +35,10 @@ CRAWL = 20e3                    # bytes/s: the stream cannot reach a fault befor
 
 @pytest.fixture(scope="module")
 def blob(registry, tmp_path_factory) -> tuple[str, str, list[ChunkRef], list[bytes], int]:
-    rnd = random.Random(11)
-    cctx = zstandard.ZstdCompressor(level=1, write_content_size=True)
-    out, refs, raws = bytearray(), [], []
-    for _ in range(N_CHUNKS):
-        raw = rnd.randbytes(RAW)
-        frame = cctx.compress(raw)
-        refs.append(ChunkInfo(0, len(out), len(frame), len(raw), hashlib.sha256(raw).digest()))
-        raws.append(raw)
-        out += frame
-    digest = "sha256:" + hashlib.sha256(out).hexdigest()
     repo = f"streamprefetch/{uuid.uuid4().hex[:8]}"
-    cfg = tmp_path_factory.mktemp("stream") / "none.json"
-    with RegistryClient(registry.host, plain_http=True, docker_config=cfg) as c:
-        c.push_blob(repo, digest, bytes(out))
-    return repo, digest, [ChunkRef(digest, info) for info in refs], raws, len(out)
+    digest, refs, raws, total = imagekit.push_frames_blob(registry.host, repo, N_CHUNKS, RAW, 11,
+                                                          tmp_path_factory.mktemp("stream"))
+    return repo, digest, refs, raws, total
 
 
 @pytest.fixture
