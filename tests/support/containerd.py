@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -129,31 +130,49 @@ def start_containerd(workdir: Path | None = None, proxy_plugins: dict[str, str] 
     ]
     for name, sock in (proxy_plugins or {}).items():
         lines += [f"  [proxy_plugins.{name}]", '    type = "snapshot"', f'    address = "{sock}"']
+    ctd = launch_containerd(d, "\n".join(lines) + "\n", "imgfs-")
+
+    def answers() -> bool:
+        r = subprocess.run(["ctr", "-a", address, "version"], capture_output=True, text=True,
+                           check=False, timeout=30)
+        return r.returncode == 0
+
+    wait_serving(ctd, answers, ctd.stop, "containerd", timeout)
+    return ctd
+
+
+def launch_containerd(d: Path, config: str, namespace_prefix: str) -> Containerd:
+    """Writes ``config`` to d/config.toml and starts containerd with it in its own session,
+    logging to d/containerd.log; its socket must be d/c.sock. Does not wait for it."""
+    address = str(d / "c.sock")
     cfg = d / "config.toml"
-    cfg.write_text("\n".join(lines) + "\n")
+    cfg.write_text(config)
     log = d / "containerd.log"
     with open(log, "ab") as lf:
         proc = subprocess.Popen(["containerd", "--config", str(cfg)], stdout=lf, stderr=lf,
                                 stdin=subprocess.DEVNULL, start_new_session=True)
     # runc keeps container state in /run/containerd/runc/NAMESPACE whatever containerd's root:
     # a namespace of this instance's own keeps two private containerds' containers apart.
-    ns = "imgfs-" + hashlib.sha256(address.encode()).hexdigest()[:8]
-    ctd = Containerd(dir=d, address=address, proc=proc, log=log, namespace=ns)
+    ns = namespace_prefix + hashlib.sha256(address.encode()).hexdigest()[:8]
+    return Containerd(dir=d, address=address, proc=proc, log=log, namespace=ns)
+
+
+def wait_serving(ctd: Containerd, answers: Callable[[], bool], stop: Callable[[], None], what: str,
+                 timeout: float) -> None:
+    """Polls ``answers()`` until it is true once the socket exists; if containerd exits or
+    ``timeout`` passes first, calls ``stop()`` and raises with the log's tail."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if proc.poll() is not None:
+        if ctd.proc.poll() is not None:
             text = ctd.log_tail()
-            ctd.stop()
-            raise RuntimeError(f"containerd exited with {proc.returncode}:\n{text}")
-        if os.path.exists(address):
-            r = subprocess.run(["ctr", "-a", address, "version"], capture_output=True, text=True,
-                               check=False, timeout=30)
-            if r.returncode == 0:
-                return ctd
+            stop()
+            raise RuntimeError(f"{what} exited with {ctd.proc.returncode}:\n{text}")
+        if os.path.exists(ctd.address) and answers():
+            return
         time.sleep(0.1)
     text = ctd.log_tail()
-    ctd.stop()
-    raise RuntimeError(f"containerd did not answer in {timeout:.0f} s:\n{text}")
+    stop()
+    raise RuntimeError(f"{what} did not answer in {timeout:.0f} s:\n{text}")
 
 
 @dataclass

@@ -30,16 +30,20 @@ import gzip
 import hashlib
 import io
 import json
-import os
 import shutil
 import subprocess
 import tarfile
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.support.containerd import Containerd, start_snapshotter, write_snapshotter_config
+from tests.support.containerd import (
+    Containerd,
+    launch_containerd,
+    start_snapshotter,
+    wait_serving,
+    write_snapshotter_config,
+)
 from tests.support.cri import CriClient
 from tests.support.stack import Stack
 from tests.support.tinyimage import push_tiny_image, put_blob
@@ -209,37 +213,23 @@ def start_cri_containerd(snapshotter_socket: str | Path, sandbox_image: str, pla
     address = str(d / "c.sock")      # unix socket paths must stay under 108 bytes: short dir
     runc_root, log_dir = d / "runc", d / "pods"
     log_dir.mkdir(exist_ok=True)
-    cfg = d / "config.toml"
-    cfg.write_text(_config(d, address, snapshotter, str(snapshotter_socket), sandbox_image, plain_http,
-                           runc_root))
-    log = d / "containerd.log"
-    with open(log, "ab") as lf:
-        proc = subprocess.Popen(["containerd", "--config", str(cfg)], stdout=lf, stderr=lf,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
+    config = _config(d, address, snapshotter, str(snapshotter_socket), sandbox_image, plain_http, runc_root)
     # `namespace` is for ctr calls of the tests (leases for a synchronous GC) and for stop(),
     # which removes /run/containerd/runc/NAMESPACE if empty: a private name, never CRI's k8s.io
     # (CRI's runc state is in runc_root anyway).
-    ns = "imgfs-cri-" + hashlib.sha256(address.encode()).hexdigest()[:8]
-    ctd = Containerd(dir=d, address=address, proc=proc, log=log, namespace=ns)
+    ctd = launch_containerd(d, config, "imgfs-cri-")
     cc = CriContainerd(ctd=ctd, cri=CriClient(address), runc_root=runc_root, log_dir=log_dir,
-                       cgroup_parent="/" + ns)
-    deadline = time.monotonic() + timeout
-    last: Exception | None = None
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            text = ctd.log_tail()
-            cc.stop()
-            raise RuntimeError(f"containerd (CRI) exited with {proc.returncode}:\n{text}")
-        if os.path.exists(address):
-            try:
-                cc.cri.version()
-                return cc
-            except Exception as e:  # noqa: BLE001 - not serving yet: poll on
-                last = e
-        time.sleep(0.1)
-    text = ctd.log_tail()
-    cc.stop()
-    raise RuntimeError(f"containerd's CRI did not answer in {timeout:.0f} s ({last}):\n{text}")
+                       cgroup_parent="/" + ctd.namespace)
+
+    def answers() -> bool:
+        try:
+            cc.cri.version()
+            return True
+        except Exception:  # noqa: BLE001 - not serving yet: poll on
+            return False
+
+    wait_serving(ctd, answers, cc.stop, "containerd's CRI", timeout)
+    return cc
 
 
 @dataclass
