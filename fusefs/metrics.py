@@ -81,6 +81,9 @@ class Metrics:
                                   "(warm sequential reads, FUSE notify_store)", registry=self.registry)
         self.push_failures = Counter("imgfs_kernel_push_failures", "Pushes the kernel refused",
                                      registry=self.registry)
+        self.push_lent_bytes = Counter("imgfs_kernel_push_lent_bytes", "Bytes READs copied from a chunk "
+                                       "a push was loading (instead of reading it again)",
+                                       registry=self.registry)
         if sources is not None:
             self.registry.register(_StatsCollector(sources))
 

@@ -96,7 +96,8 @@ class Operations(pyfuse3.Operations):
         if reader.push is None:
             # warm sequential reads go into the kernel page cache off the event loop
             reader.push = KernelPush(reader.store, pyfuse3.notify_store, on_push=metrics.push_bytes.inc,
-                                     on_failure=metrics.push_failures.inc)
+                                     on_failure=metrics.push_failures.inc,
+                                     on_lend=metrics.push_lent_bytes.inc)
 
     # -- helpers -------------------------------------------------------------------------
 
