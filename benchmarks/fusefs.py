@@ -18,7 +18,7 @@ benchmarks/results/fusefs.json. Method (also in docs/fusefs.md):
   cache ("page cached"). Local: the same bytes from a plain file on the same disk,
   evicted the same way ("disk") and then read again ("page cache"). Ratios compare like
   with like: cold and warm-from-disk vs local disk, warm page cached vs local page
-  cache. The big-file measurements run ROUNDS (3) times, each round cold, warm from
+  cache. The big-file measurements run ROUNDS (5) times, each round cold, warm from
   disk, local disk, warm page cached, local page cache back to back (so that a round's
   ratios see the same machine load); the results are the medians, with every round and
   its load average kept. The daemon's CPU time per GiB read (utime + stime from
@@ -46,7 +46,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "fusefs.json"
 IMGFS = [sys.executable, "-m", "fusefs.cli"]
 GIB = 1 << 30
-ROUNDS = 3
+ROUNDS = 5
 
 
 def _tar_many(path: Path, dirs: int = 1000, per_dir: int = 100) -> int:
