@@ -33,7 +33,6 @@ from pathlib import Path
 from benchmarks.images import ROOT
 from benchmarks.proxy import ShapingProxy
 from benchmarks.runner import ALL_MODES, TAGS, RunError, Target, run_cmd, run_once
-from benchmarks.timeline import TimedProxy
 from benchmarks.workloads import READY_MARKER, Workload
 from registry.client import RegistryClient
 from tests.support.images import push_oci
@@ -131,7 +130,7 @@ def run_benchmark(workloads: list[Workload], layouts: dict[str, Path], modes: li
     reg = start_registry(regdir)
     try:
         client = RegistryClient(registry=reg.host, plain_http=True)
-        with TimedProxy(reg.host, bandwidth=bandwidth, rtt=rtt) as proxy:
+        with ShapingProxy(reg.host, bandwidth=bandwidth, rtt=rtt) as proxy:
             for w in workloads:
                 written += _bench_image(w, layouts[w.name], modes, repeat, out, reg, client, proxy, drop,
                                         meta, notes, log, mount_on_pull)

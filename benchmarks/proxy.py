@@ -70,13 +70,17 @@ def parse_duration(text: str) -> float:
 
 @dataclass(frozen=True)
 class Record:
-    """One request as the proxy saw it. bytes = body bytes handed to the client's socket."""
+    """One request as the proxy saw it. bytes = body bytes handed to the client's socket;
+    start = wall time (``time.time()``) it was forwarded, after the emulated round trip;
+    end = when its last byte was handed to the client or it failed (None: still running)."""
     method: str
     path: str
     range: str | None
     status: int
     bytes: int
     fault: str | None
+    start: float = 0.0
+    end: float | None = None
 
 
 @dataclass(frozen=True)
@@ -338,14 +342,17 @@ class ShapingProxy:
         if cancel.wait(self.rtt + (fault.seconds if fault and fault.kind == "delay" else 0)):
             return False
         record = {"method": method, "path": path, "range": headers.get("Range"), "status": 0, "bytes": 0,
-                  "fault": fault.kind if fault else None}
+                  "fault": fault.kind if fault else None, "start": time.time(), "end": None}
         with self._lock:
             self._records.append(record)
-        if fault and fault.kind == "503":
-            record["status"] = 503
-            self._send_simple(sock, 503, b"imgfs test proxy: injected 503\n", keep)
-            return keep
-        return self._forward(sock, method, target, headers, body, keep, fault, record, box, cancel)
+        try:
+            if fault and fault.kind == "503":
+                record["status"] = 503
+                self._send_simple(sock, 503, b"imgfs test proxy: injected 503\n", keep)
+                return keep
+            return self._forward(sock, method, target, headers, body, keep, fault, record, box, cancel)
+        finally:
+            record["end"] = time.time()
 
     def _request_body(self, rfile, headers) -> list[bytes]:
         """The request body as pieces (buffered: uploads here are tests' pushes, not hot paths)."""

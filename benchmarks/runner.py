@@ -25,7 +25,7 @@ from pathlib import Path
 from benchmarks.breakdown import breakdown, daemon_timing
 from benchmarks.node import ColdNode, drop_caches, warm
 from benchmarks.proxy import ShapingProxy
-from benchmarks.timeline import TimedProxy, timeline
+from benchmarks.timeline import timeline
 from benchmarks.workingset import merged_view, read_access_log, working_set
 from benchmarks.workloads import READY_MARKER, Workload
 from registry.client import RegistryClient
@@ -213,8 +213,7 @@ def run_once(target: Target, mode: str, rep: int, proxy: ShapingProxy, client: R
             "working_set": asdict(ws) if ws else None,
             "fusefs_metrics": metrics or None,
             "fusefs_state": state or None,
-            "timeline": (timeline(proxy.request_times(), w0, timing["ready"] if timing else None, records)
-                         if isinstance(proxy, TimedProxy) else None),
+            "timeline": timeline(proxy.records(), w0, timing["ready"] if timing else None, records),
             "breakdown": parts, "mount_on_pull": mount_on_pull if mode in LAZY_MODES else None,
             "output": output,
             "page_cache_dropped": drop,

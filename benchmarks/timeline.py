@@ -10,45 +10,11 @@ clock (seconds since the pull started):
 - every file the workload read: its first read (the access log's clock starts at the
   daemon's `ready`, see benchmarks/breakdown.py) and the bytes read.
 
-``TimedProxy`` adds the request times to ``benchmarks.proxy.ShapingProxy`` from the
-outside (that module is shared with other packages' tests): it wraps ``_forward``, the
-proxy's per-request body pump, and keeps its own list next to the proxy's records.
+The request times are the shaping proxy's own (``benchmarks.proxy.Record.start/end``).
 """
 from __future__ import annotations
 
-import threading
-import time
-from typing import Any
-
-from benchmarks.proxy import ShapingProxy
-
-
-class TimedProxy(ShapingProxy):
-    """A ShapingProxy that also keeps (start, end) wall times of each forwarded request."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._times_lock = threading.Lock()
-        self._times: list[dict] = []
-
-    def _forward(self, sock, method, target, headers, body, keep, fault, record, box, cancel) -> bool:
-        start = time.time()
-        try:
-            return super()._forward(sock, method, target, headers, body, keep, fault, record, box, cancel)
-        finally:
-            with self._times_lock:
-                self._times.append({"start": start, "end": time.time(), "method": method,
-                                    "path": record.get("path", ""), "range": record.get("range"),
-                                    "bytes": record.get("bytes", 0)})
-
-    def reset_counters(self) -> None:
-        super().reset_counters()
-        with self._times_lock:
-            self._times.clear()
-
-    def request_times(self) -> list[dict]:
-        with self._times_lock:
-            return list(self._times)
+from benchmarks.proxy import Record
 
 
 def _blob(path: str) -> str:
@@ -56,12 +22,13 @@ def _blob(path: str) -> str:
     return tail.split(":", 1)[-1][:12] if "/blobs/" in path else tail
 
 
-def timeline(requests: list[dict], wall_start: float, daemon_ready: float | None,
+def timeline(requests: list[Record], wall_start: float, daemon_ready: float | None,
              records: list[dict]) -> dict:
-    """Compact, JSON-ready timeline of one run (times in seconds since ``wall_start``)."""
-    reqs = [[round(r["start"] - wall_start, 3), round(r["end"] - wall_start, 3), r["method"],
-             _blob(r["path"]), r["range"], r["bytes"]]
-            for r in sorted(requests, key=lambda r: r["start"])]
+    """Compact, JSON-ready timeline of one run (times in seconds since ``wall_start``):
+    ``requests`` as the shaping proxy recorded them, ``records`` the access log's."""
+    reqs = [[round(r.start - wall_start, 3), None if r.end is None else round(r.end - wall_start, 3),
+             r.method, _blob(r.path), r.range, r.bytes]
+            for r in sorted(requests, key=lambda r: r.start)]
     files = []
     if daemon_ready is not None:
         origin = daemon_ready - wall_start

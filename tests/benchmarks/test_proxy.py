@@ -228,6 +228,20 @@ def test_bandwidth_10mb_at_80mbit_takes_about_a_second(proxy, content) -> None:
     assert 0.85 <= elapsed <= 3.0, elapsed     # lower bound is the point; upper bound loose for CI load
 
 
+def test_records_time_each_request_from_after_the_round_trip_to_its_last_byte(proxy, content) -> None:
+    """imgbench's timeline is built from these times (benchmarks/timeline.py)."""
+    proxy.set_link(bandwidth=parse_bandwidth("80mbit"), rtt=parse_duration("200ms"))
+    before = time.time()
+    body = _get(proxy, _blob_path(content)).read()
+    assert body == content["big"]
+    deadline = time.monotonic() + 30     # the proxy's thread marks the end after its last send
+    while (rec := proxy.blob_gets(content["digest"])[0]).end is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert rec.start >= before + 0.2             # forwarded after the emulated round trip
+    assert rec.end is not None
+    assert rec.end - rec.start >= 0.85           # 10 MB pumped at 80 Mbit/s before the end mark
+
+
 def test_bandwidth_is_shared_by_parallel_connections(proxy, content) -> None:
     proxy.set_link(bandwidth=parse_bandwidth("80mbit"))
     half = BIG // 2
