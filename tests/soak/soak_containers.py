@@ -7,7 +7,9 @@ compared with the source. A container that fails to start, or a file it cannot r
 while faults are injected is counted; a wrong digest is always a failure. Each cycle pulls
 the image (faults off), runs containers (faults on), removes the image and runs containerd's
 GC (snapshot Remove + Cleanup): then no FUSE mount, fusefs daemon, task or snapshot may be
-left. At the end the stack stops and the fd store must exit by itself.
+left. At the end the stack stops and the fd store must exit by itself. Containers start
+``parallel`` at a time (default 3), as a node starts several pods of one image at once:
+concurrent Prepare/Mounts/Remove on the snapshotter over one image's fusefs mount.
 
 Short form: tests/soak/test_soak_containers.py; long form: ``make soak`` (scripts/soak.sh)
 or ``python -m tests.soak.soak_containers --seconds N --out FILE.json``.
@@ -20,6 +22,7 @@ import io
 import json
 import os
 import random
+import subprocess
 import sys
 import tarfile
 import threading
@@ -86,8 +89,11 @@ def push_image(host: str, repo: str, files: dict[str, bytes]) -> None:
 
 
 class ContainerSoak:
-    def __init__(self, registry_host: str, workdir: Path, seed: int = 0, per_cycle: int = 6) -> None:
+    def __init__(self, registry_host: str, workdir: Path, seed: int = 0, per_cycle: int = 6,
+                 parallel: int = 3) -> None:
         self.host, self.work, self.rng, self.per_cycle = registry_host, workdir, random.Random(seed), per_cycle
+        self.parallel = max(1, parallel)
+        self._lock = threading.Lock()       # containers of a batch report from their own threads
         self.files = data_files()
         self.sums = {"/" + k: hashlib.sha256(v).hexdigest() for k, v in self.files.items()}
         self.stats: Counter = Counter()
@@ -121,27 +127,46 @@ class ContainerSoak:
         r = st.ctd.ctr("run", "--snapshotter", "imgfs", "--rm",
                        "--mount", f"type=bind,src={out},dst=/out,options=rbind:rw",
                        ref, cid, "/bin/sh", "-c", HASH_ALL, check=False, timeout=600)
-        self.stats["containers_run"] += 1
         if not (out / "done").exists():
-            self.stats["containers_failed"] += 1   # could not start (or exec) under faults: allowed
-            self.start_errors.append(f"{cid}: {r.returncode} {r.stderr.strip()[-300:]}")
             st.ctd.ctr("tasks", "rm", "-f", cid, check=False)
             st.ctd.ctr("containers", "rm", cid, check=False)
-            if r.returncode == 0:
-                self.failures.append(f"{cid}: exit 0 but no done file")
+            with self._lock:
+                self.stats["containers_run"] += 1
+                self.stats["containers_failed"] += 1   # could not start (or exec) under faults: allowed
+                self.start_errors.append(f"{cid}: {r.returncode} {r.stderr.strip()[-300:]}")
+                if r.returncode == 0:
+                    self.failures.append(f"{cid}: exit 0 but no done file")
             return
-        self.stats["containers_ok"] += 1
-        seen = set()
-        for line in (out / "sums").read_text().splitlines() if (out / "sums").exists() else []:
-            digest, _, name = line.partition("  ")
-            seen.add(name)
-            if self.sums.get(name) == digest:
-                self.stats["digests_ok"] += 1
-                self.stats["bytes_verified"] += len(self.files[name.lstrip("/")])
-            else:
-                self.stats["digests_wrong"] += 1
-                self.failures.append(f"{cid}: WRONG DIGEST {line}")
-        self.stats["reads_failed"] += len(set(self.sums) - seen)   # sha256sum got EIO: allowed
+        lines = (out / "sums").read_text().splitlines() if (out / "sums").exists() else []
+        with self._lock:
+            self.stats["containers_run"] += 1
+            self.stats["containers_ok"] += 1
+            seen = set()
+            for line in lines:
+                digest, _, name = line.partition("  ")
+                seen.add(name)
+                if self.sums.get(name) == digest:
+                    self.stats["digests_ok"] += 1
+                    self.stats["bytes_verified"] += len(self.files[name.lstrip("/")])
+                else:
+                    self.stats["digests_wrong"] += 1
+                    self.failures.append(f"{cid}: WRONG DIGEST {line}")
+            self.stats["reads_failed"] += len(set(self.sums) - seen)   # sha256sum got EIO: allowed
+
+    def run_batch(self, st: Stack, ref: str, cids: list[str]) -> None:
+        """Run ``cids`` at the same time (each in its own thread) and wait for all of them."""
+        threads = [threading.Thread(target=self._run_guarded, args=(st, ref, cid)) for cid in cids]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+
+    def _run_guarded(self, st: Stack, ref: str, cid: str) -> None:
+        try:
+            self.run_container(st, ref, cid)
+        except (subprocess.SubprocessError, OSError) as exc:     # a ctr timeout: a soak failure
+            with self._lock:
+                self.failures.append(f"{cid}: {type(exc).__name__}: {exc}")
 
     def cycle(self, n: int, st: Stack, ref: str, proxy: ShapingProxy) -> None:
         for attempt in range(5):     # faults are off: a pull must work (retried: containerd is lazy)
@@ -163,9 +188,10 @@ class ContainerSoak:
         t = threading.Thread(target=faults, daemon=True)
         t.start()
         try:
-            for i in range(self.per_cycle):
+            for first in range(0, self.per_cycle, self.parallel):
                 self._drop_page_cache(st)
-                self.run_container(st, ref, f"soak-{n}-{i}")
+                last = min(first + self.parallel, self.per_cycle)
+                self.run_batch(st, ref, [f"soak-{n}-{i}" for i in range(first, last)])
                 for pid in st.daemon_pids():
                     self.max_rss = max(self.max_rss, _rss_fds(pid)[0])
         finally:
@@ -174,8 +200,8 @@ class ContainerSoak:
             proxy.clear_faults()
         self._drop_page_cache(st)     # faults over: the next container must start and read it all
         before = self.stats["digests_ok"]
-        self.run_container(st, ref, f"soak-{n}-after")
-        if self.stats["digests_ok"] - before != len(self.sums):
+        self.run_batch(st, ref, [f"soak-{n}-after-{i}" for i in range(self.parallel)])
+        if self.stats["digests_ok"] - before != self.parallel * len(self.sums):
             self.failures.append(f"cycle {n}: the container after the faults did not hash every file")
         else:
             self.stats["recovered_cycles"] += 1
@@ -222,6 +248,7 @@ class ContainerSoak:
         s = self.stats
         return {"seconds": round(time.monotonic() - t0, 1), "cycles": s["cycles"],
                 "recovered_cycles": s["recovered_cycles"],
+                "parallel": self.parallel,
                 "containers_run": s["containers_run"], "containers_ok": s["containers_ok"],
                 "containers_failed_under_faults": s["containers_failed"], "digests_ok": s["digests_ok"],
                 "digests_wrong": s["digests_wrong"], "reads_failed_under_faults": s["reads_failed"],
