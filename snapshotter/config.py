@@ -43,7 +43,7 @@ class Config:
     health_timeout: float = 10.0       # a mount that does not answer a stat in this time hangs
     imgfs_bin: str = "imgfs"           # the fusefs CLI; looked up next to this Python first
     access_log: bool = False           # each daemon writes ROOT/daemons/<mount>/access.jsonl
-    mount_on_pull: bool = False        # start an image's daemon when its top layer is pulled
+    mount_on_pull: bool = True         # start an image's daemon when its top layer is pulled
     registry: RegistryConfig = field(default_factory=RegistryConfig)
     fetch: FetchConfig = field(default_factory=FetchConfig)
 

@@ -58,6 +58,7 @@ class RemoteLayers:
         self._release_wanted = threading.Event()
         self._live: Callable[[], list[list[Snapshot]]] | None = None
         self._early: dict[str, float] = {}    # image key -> when a pull started its daemon
+        self._early_committed: set[str] = set()  # early keys whose top layer was seen committed
         self._early_starting: set[str] = set()  # image keys with an early start in flight
         self._early_lock = threading.Lock()
         self.pull = SkipPull(cfg, store, self.mount_early)
@@ -154,21 +155,27 @@ class RemoteLayers:
             mp = self.mountpoint(key)
             row = {r[0]: r for r in self.store.daemons()}.get(key)
             if row is not None and daemons.alive(row[2]) and daemons.healthy(mp, self.cfg.health_timeout, self._control(mp)):
-                self._early.pop(key, None)      # claimed by a container: releasable as usual
+                self._unmark_early(key)      # claimed by a container: releasable as usual
                 return mp
             self._start(key, image, mp, row[2] if row else 0, why)
             if why == "pull":
                 self._early[key] = time.monotonic()
             else:
-                self._early.pop(key, None)
+                self._unmark_early(key)
             return mp
 
+    def _unmark_early(self, key: str) -> None:
+        self._early.pop(key, None)
+        self._early_committed.discard(key)
+
     def mount_early(self, image: dict) -> None:
-        """`mount_on_pull`: starts the image's daemon in the background as soon as the pull's
-        first imgfs layer has its manifest checked (all layers imgfs), so the daemon's start (a Python process: interpreter, imports, one
-        bootstrap request per layer, the FUSE mount) overlaps the rest of the pull and the
-        container's creation instead of sitting inside the container's Prepare. The Prepare
-        then finds the mount ready (or waits on the lock for the start in flight)."""
+        """`mount_on_pull`: starts the image's daemon in the background once the pull's top
+        imgfs layer is verified (its bootstraps are then all in the node's bootstrap cache),
+        so the daemon's start (a Python process: interpreter, imports, the FUSE mount)
+        overlaps the end of the pull and the container's creation instead of sitting inside
+        the container's Prepare. The Prepare then finds the mount ready (or waits on the
+        lock for the start in flight). Unused, it stays EARLY_GRACE seconds, or until the
+        image is removed."""
         key = self.image_key(image)
         with self._early_lock:
             if key in self._early_starting:
@@ -268,12 +275,20 @@ class RemoteLayers:
                 if found is not None:
                     needed.add(self.image_key(found[1]))
             now = time.monotonic()
+            pulled = {self.image_key(t) for s in self.store.all() if s.remote
+                      for t in s.remote.get("tops") or []} if self._early else set()
             for key, mp, pid, _spec in self.store.daemons():
                 if key in needed:
                     continue
                 if now - self._early.get(key, -EARLY_GRACE) < EARLY_GRACE:
-                    continue        # started by a pull; its container has not asked yet
+                    if key in pulled:
+                        self._early_committed.add(key)
+                        continue    # started by a pull; its container has not asked yet
+                    if key not in self._early_committed:
+                        continue    # its pull has not committed the top layer yet
+                    log.info("image %s was removed before any container used it", key)
                 self._early.pop(key, None)
+                self._early_committed.discard(key)
                 log.info("stopping unused fusefs daemon %d of %s", pid, key)
                 if daemons.alive(pid) and daemons.cmdline_has(pid, mp):
                     daemons.stop(pid, Path(mp), self._procs.pop(key, None))

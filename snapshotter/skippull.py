@@ -47,8 +47,8 @@ def imgfs_prefix(layers: list[dict]) -> int:
 
 
 class SkipPull:
-    """Verifies imgfs layers of a pull; ``mount_early(image)`` is called at a pull's first
-    layer when ``mount_on_pull`` is set."""
+    """Verifies imgfs layers of a pull; ``mount_early(image)`` is called once the pull's top
+    imgfs layer is verified, when ``mount_on_pull`` is set."""
 
     def __init__(self, cfg: Config, store: Store, mount_early: Callable[[dict], None]) -> None:
         self.cfg = cfg
@@ -99,8 +99,6 @@ class SkipPull:
             raise ValueError(f"layer {info.layer_digest} has imgfs labels but no imgfs annotations "
                              f"in manifest {mdigest}")
         image = self._image(ref, mdigest, info.image_ref, count, len(layers))
-        if self.cfg.mount_on_pull:
-            self.mount_early(image)      # in parallel with this and the other layers' checks
         start = info.bootstrap_offset
         payload = client.get_range(ref.repository, info.layer_digest, start, start + info.bootstrap_size)
         got = "sha256:" + hashlib.sha256(payload).hexdigest()
@@ -114,6 +112,10 @@ class SkipPull:
         index = digests.index(info.layer_digest)
         log.info("imgfs layer %d/%d %s of %s verified (bootstrap %d bytes, one range request)",
                  index + 1, len(digests), info.layer_digest, info.image_ref, len(payload))
+        if self.cfg.mount_on_pull and index == count - 1:
+            # containerd checks the layers bottom up: the bootstraps below are cached too, so
+            # the daemon starting now fetches none of them again
+            self.mount_early(image)
         return {"layer_digest": info.layer_digest, "index": index, "count": len(digests),
                 "bootstrap_digest": info.bootstrap_digest,
                 "tops": [image] if index == count - 1 else []}
