@@ -65,6 +65,11 @@ class BootstrapCache:
             pass
         return data
 
+    def has(self, digest: str | None) -> bool:
+        """Whether a payload for ``digest`` is there (a stat; ``get`` checks its bytes)."""
+        name = _hex(digest) if digest else None
+        return name is not None and (self.dir / name).is_file()
+
     def put(self, digest: str, data: bytes) -> None:
         """Keep ``data`` (the caller verified it hashes to ``digest``). Best effort: a cache
         that cannot be written costs a fetch later, never an error now."""

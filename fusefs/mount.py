@@ -41,6 +41,8 @@ from fusefs.view import SingleLayerView
 log = logging.getLogger(__name__)
 
 DEFAULT_CACHE_DIR = "/var/lib/imgfs/cache"
+#: How often a daemon waiting for a bootstrap (``bootstrap_wait``) looks into the cache.
+BOOTSTRAP_POLL = 0.02
 
 
 @dataclass
@@ -68,6 +70,10 @@ class MountConfig:
     retries: int = 4
     timeout: float = 30.0
     fd_store: str | None = None      # fusefs.fdstore socket: survive daemon restarts (takeover)
+    # seconds to wait for each layer's bootstrap to appear in the node's bootstrap cache before
+    # fetching it: a daemon started during a pull (the snapshotter's mount_on_pull) finds there
+    # the bootstraps the snapshotter is verifying, instead of fetching them a second time
+    bootstrap_wait: float = 0.0
     # containers run as other users; a non-root user may only use it with user_allow_other
     allow_other: bool = os.geteuid() == 0
 
@@ -86,9 +92,12 @@ class MountConfig:
                 raise ValueError(f"{name} must be a non-negative integer")
         if self.max_request <= 0 or self.max_inflight <= 0 or self.prefetch_slots <= 0:
             raise ValueError("max_request, max_inflight and prefetch_slots must be positive")
+        if not isinstance(self.bootstrap_wait, (int, float)) or self.bootstrap_wait < 0:
+            raise ValueError("bootstrap_wait must be a non-negative number of seconds")
 
 
-def _fetch_bootstrap(source: Any, layer: LayerRef, attempts: int = 3, cache: BootstrapCache | None = None) -> Any:
+def _fetch_bootstrap(source: Any, layer: LayerRef, attempts: int = 3, cache: BootstrapCache | None = None,
+                     wait: float = 0.0) -> Any:
     """One range request for the layer's bootstrap (two if the annotations lack its place).
 
     Bytes that do not match the pinned digest are fetched again (``attempts`` in all): a
@@ -97,6 +106,8 @@ def _fetch_bootstrap(source: Any, layer: LayerRef, attempts: int = 3, cache: Boo
     """
     from imgformat.errors import ImgFormatError
 
+    if wait > 0 and cache is not None and layer.bootstrap_digest:
+        _await_cached(cache, layer.bootstrap_digest, wait)
     for attempt in range(1, attempts + 1):
         try:
             return _fetch_bootstrap_once(source, layer, cache)
@@ -106,6 +117,14 @@ def _fetch_bootstrap(source: Any, layer: LayerRef, attempts: int = 3, cache: Boo
             log.warning("layer %s: bootstrap fetch %d/%d gave bad bytes (%s), fetching again",
                         layer.digest, attempt, attempts, exc)
     raise AssertionError("unreachable")
+
+
+def _await_cached(cache: BootstrapCache, digest: str, wait: float) -> None:
+    """Up to ``wait`` seconds until ``digest`` is in the bootstrap cache (a cheap stat while
+    it is absent); the caller then reads it there, or fetches it after all."""
+    deadline = time.monotonic() + wait
+    while not cache.has(digest) and time.monotonic() < deadline:
+        time.sleep(BOOTSTRAP_POLL)
 
 
 def _fetch_bootstrap_once(source: Any, layer: LayerRef, cache: BootstrapCache | None = None) -> Any:
@@ -148,7 +167,8 @@ async def load_image(cfg: MountConfig) -> tuple[list[LayerRef], Any, list[Any], 
 
     async def one(i: int) -> None:
         try:
-            bootstraps[i] = await trio.to_thread.run_sync(_fetch_bootstrap, source, layers[i], 3, cache)
+            bootstraps[i] = await trio.to_thread.run_sync(_fetch_bootstrap, source, layers[i], 3, cache,
+                                                          cfg.bootstrap_wait)
         except ImgFormatError as exc:
             raise ImageError(f"layer {i} ({layers[i].digest}): {exc}") from exc
         except (ImageError, SourceError):

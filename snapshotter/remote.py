@@ -41,6 +41,9 @@ from snapshotter.store import Snapshot, Store
 log = logging.getLogger("imgfs.snapshotter")
 
 EARLY_GRACE = 120.0  # seconds a daemon started by a pull (mount_on_pull) survives unused
+#: Seconds a daemon started by a pull waits for a bootstrap the pull has not verified yet
+#: before fetching it itself (the start holds the mount lock: bounded, and short next to a pull)
+EARLY_BOOTSTRAP_WAIT = 5.0
 TAKEOVER_TRIES = 3   # new daemons tried on a live connection before it is unmounted and remade
 
 
@@ -106,7 +109,7 @@ class RemoteLayers:
             log.error("no fd store (%s): fusefs daemons run without takeover", e)
             return None
 
-    def _argv(self, image: dict, mp: Path, fd_store: str | None = None) -> list[str]:
+    def _argv(self, image: dict, mp: Path, fd_store: str | None = None, why: str = "mount") -> list[str]:
         r, f = self.cfg.registry, self.cfg.fetch
         argv = [*daemons.imgfs_command(self.cfg.imgfs_bin), "mount",
                 f"docker://{image['registry']}/{image['repository']}@{image['manifest']}", str(mp),
@@ -124,8 +127,12 @@ class RemoteLayers:
         ddir = self.daemon_dir / mp.name
         ddir.mkdir(parents=True, exist_ok=True)
         tuning = ddir / "mount.toml"      # fusefs MountConfig keys that have no flag
+        # started by a pull: the snapshotter is still verifying the layers, and their
+        # bootstraps land in the bootstrap cache one by one
+        wait = min(float(r.timeout), EARLY_BOOTSTRAP_WAIT) if why == "pull" else 0.0
         tuning.write_text(f"gap_bytes = {f.merge_gap}\nmax_request = {f.max_request}\n"
-                          f"retries = {r.retries}\ntimeout = {float(r.timeout)}\n")
+                          f"retries = {r.retries}\ntimeout = {float(r.timeout)}\n"
+                          f"bootstrap_wait = {wait}\n")
         argv += ["--config", str(tuning), "--control-socket", str(self._control(mp))]
         if self.cfg.access_log:
             argv += ["--access-log", str(ddir / "access.jsonl")]
@@ -169,11 +176,12 @@ class RemoteLayers:
         self._early_committed.discard(key)
 
     def mount_early(self, image: dict) -> None:
-        """`mount_on_pull`: starts the image's daemon in the background once the pull's top
-        imgfs layer is verified (its bootstraps are then all in the node's bootstrap cache),
-        so the daemon's start (a Python process: interpreter, imports, the FUSE mount)
-        overlaps the end of the pull and the container's creation instead of sitting inside
-        the container's Prepare. The Prepare then finds the mount ready (or waits on the
+        """`mount_on_pull`: starts the image's daemon in the background as soon as the pull's
+        first imgfs layer is verified, so the daemon's start (a Python process:
+        interpreter, imports, the FUSE mount) overlaps the rest of the pull and the
+        container's creation instead of sitting inside the container's Prepare; the daemon
+        waits for each bootstrap to appear in the node's bootstrap cache (``bootstrap_wait``)
+        as the snapshotter verifies the layers, instead of fetching it a second time. The Prepare then finds the mount ready (or waits on the
         lock for the start in flight). Unused, it stays EARLY_GRACE seconds, or until the
         image is removed."""
         key = self.image_key(image)
@@ -203,7 +211,7 @@ class RemoteLayers:
         logfile = self.daemon_dir / mp.name / "imgfs.log"
         control = self._control(mp)
         spawned = time.time()
-        argv = self._argv(image, mp, store)
+        argv = self._argv(image, mp, store, why)
         proc = None
         if store and daemons.mounted(mp) and self.fdkeeper.holds(mp):
             proc = self._take_over(key, argv, mp, logfile, control)
@@ -220,7 +228,7 @@ class RemoteLayers:
                     raise
                 # the fd store went away under the start (its put failed): once more with a new one
                 log.warning("fusefs daemon of %s failed without its fd store (%s): retrying", key, e)
-                argv = self._argv(image, mp, self._fd_store())
+                argv = self._argv(image, mp, self._fd_store(), why)
                 daemons.unmount(mp)
                 proc = daemons.start(argv, mp, logfile, self.cfg.mount_timeout, env=self._env(mp),
                                      control=control)

@@ -47,7 +47,7 @@ def imgfs_prefix(layers: list[dict]) -> int:
 
 
 class SkipPull:
-    """Verifies imgfs layers of a pull; ``mount_early(image)`` is called once the pull's top
+    """Verifies imgfs layers of a pull; ``mount_early(image)`` is called once a pull's first
     imgfs layer is verified, when ``mount_on_pull`` is set."""
 
     def __init__(self, cfg: Config, store: Store, mount_early: Callable[[dict], None]) -> None:
@@ -109,13 +109,13 @@ class SkipPull:
         Bootstrap.from_blob_bytes(payload, blob_digest=info.layer_digest)
         # the daemon that mounts the image reads it from there instead of fetching it again
         BootstrapCache(self.cfg.cache).put(info.bootstrap_digest, payload)
+        if self.cfg.mount_on_pull:
+            # at the pull's first verified layer (one start per image): in parallel with the
+            # other layers' checks, whose bootstraps the daemon waits for in the cache
+            self.mount_early(image)
         index = digests.index(info.layer_digest)
         log.info("imgfs layer %d/%d %s of %s verified (bootstrap %d bytes, one range request)",
                  index + 1, len(digests), info.layer_digest, info.image_ref, len(payload))
-        if self.cfg.mount_on_pull and index == count - 1:
-            # containerd checks the layers bottom up: the bootstraps below are cached too, so
-            # the daemon starting now fetches none of them again
-            self.mount_early(image)
         return {"layer_digest": info.layer_digest, "index": index, "count": len(digests),
                 "bootstrap_digest": info.bootstrap_digest,
                 "tops": [image] if index == count - 1 else []}

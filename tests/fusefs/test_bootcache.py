@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
+import time
 import uuid
 
 import pytest
@@ -84,3 +86,60 @@ def test_remount_takes_bootstraps_from_the_cache_and_survives_a_rotted_one(mount
     assert len(gets) == 4 and _layer_bootstrap_digests(synthetic_layouts["a"])[rotted.name] in gets[-1]
     assert hashlib.sha256(rotted.read_bytes()).hexdigest() == rotted.name   # refetched and cached again
     assert (third.mountpoint / "etc/top").read_bytes() == b"top-a\n"
+
+
+def _bootstraps_of(layout) -> dict[str, bytes]:
+    """bootstrap hex digest -> payload, cut from the layout's own blobs (no registry request)."""
+    from imgformat import constants as C
+
+    index = json.loads((layout / "index.json").read_text())
+    man = json.loads((layout / "blobs/sha256" / index["manifests"][0]["digest"][7:]).read_bytes())
+    out = {}
+    for d in man["layers"]:
+        a = d["annotations"]
+        off, size = int(a[C.ANNOTATION_BOOTSTRAP_OFFSET]), int(a[C.ANNOTATION_BOOTSTRAP_SIZE])
+        blob = (layout / "blobs/sha256" / d["digest"][7:]).read_bytes()
+        out[a[C.ANNOTATION_BOOTSTRAP_DIGEST][7:]] = blob[off:off + size]
+    return out
+
+
+@pytest.mark.e2e
+def test_bootstrap_wait_takes_bootstraps_that_arrive_while_the_daemon_starts(mount_image, registry,
+                                                                            synthetic_layouts, tmp_path):
+    """What a daemon the snapshotter starts during a pull (mount_on_pull) sees: the bootstraps
+    land in the cache while it starts; it waits for them instead of fetching them again."""
+    repo = f"fusefs/bootwait-{uuid.uuid4().hex[:8]}"
+    image = imagekit.push(synthetic_layouts["a"], registry.host, repo)
+    cache = tmp_path / "cache"
+    conf = tmp_path / "wait.toml"
+    conf.write_text("bootstrap_wait = 30.0\n")
+    payloads = _bootstraps_of(synthetic_layouts["a"])
+
+    def arrive() -> None:                     # the snapshotter verifying the layers, one by one
+        for hexdigest, data in payloads.items():
+            time.sleep(0.5)
+            BootstrapCache(cache).put("sha256:" + hexdigest, data)
+
+    t = threading.Thread(target=arrive)
+    t.start()
+    try:
+        m = mount_image(image, "--no-prefetch", "--config", str(conf), cache_dir=cache, name="waits")
+    finally:
+        t.join()
+    assert _settled_blob_gets(registry, repo, 0) == []                # no bootstrap fetched
+    assert (m.mountpoint / "etc/top").read_bytes() == b"top-a\n"
+    assert len(_settled_blob_gets(registry, repo, 1)) == 1            # that file's chunk only
+
+    # a bootstrap that never arrives is fetched once the wait is over
+    conf.write_text("bootstrap_wait = 0.5\n")
+    m = mount_image(image, "--no-prefetch", "--config", str(conf), cache_dir=tmp_path / "empty",
+                    name="gives-up")
+    assert len(_settled_blob_gets(registry, repo, 3)) == 3            # + one per layer
+    assert (m.mountpoint / "etc/top").read_bytes() == b"top-a\n"
+
+
+def test_bootstrap_wait_must_be_a_non_negative_number():
+    from fusefs.mount import MountConfig
+
+    with pytest.raises(ValueError, match="bootstrap_wait"):
+        MountConfig(image="oci:x", mountpoint="/m", bootstrap_wait=-1)

@@ -1,6 +1,6 @@
-"""mount_on_pull (on by default): the image's fusefs daemon starts in the background once the
-pull's top layer is verified, with every bootstrap already in the node's bootstrap cache (no
-second bootstrap request), survives releases until a container claims it, and is then an
+"""mount_on_pull (on by default): the image's fusefs daemon starts in the background at the
+pull's first layer and takes the bootstraps the pull verifies from the node's bootstrap cache
+(no second bootstrap request), survives releases until a container claims it, and is then an
 ordinary daemon; an image removed before any container used it has its daemon released at once.
 
 Real docker-registry, real `imgfs mount` daemon and FUSE mount; the snapshotter's RemoteLayers
@@ -84,7 +84,7 @@ def test_daemon_starts_during_the_pull_and_waits_for_its_container(remote, regis
     image = records[-1]["tops"][0]
     mp = remote.mountpoint(remote.image_key(image))
     timing_file = remote.daemon_dir / mp.name / "timing.json"
-    # nobody asked for the mount: the pull's top layer started it
+    # nobody asked for the mount: the pull started it
     wait_for(lambda: timing_file.exists() and daemons.healthy(mp), "the early daemon's mount")
     timing = json.loads(timing_file.read_text())
     assert timing["why"] == "pull" and timing["ready"] >= timing["spawned"]
