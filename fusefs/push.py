@@ -73,10 +73,10 @@ class KernelPush:
                  on_failure: Callable[[], None] | None = None,
                  on_lend: Callable[[int], None] | None = None) -> None:
         self.store = store
-        self._on_lend = on_lend
         self._notify = notify
         self._on_push = on_push
         self._on_failure = on_failure
+        self._on_lend = on_lend
         self.enabled = True
         self._lock = threading.Lock()
         self.pushed_bytes = 0

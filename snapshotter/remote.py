@@ -177,13 +177,13 @@ class RemoteLayers:
 
     def mount_early(self, image: dict) -> None:
         """`mount_on_pull`: starts the image's daemon in the background as soon as the pull's
-        first imgfs layer is verified, so the daemon's start (a Python process:
-        interpreter, imports, the FUSE mount) overlaps the rest of the pull and the
-        container's creation instead of sitting inside the container's Prepare; the daemon
-        waits for each bootstrap to appear in the node's bootstrap cache (``bootstrap_wait``)
-        as the snapshotter verifies the layers, instead of fetching it a second time. The Prepare then finds the mount ready (or waits on the
-        lock for the start in flight). Unused, it stays EARLY_GRACE seconds, or until the
-        image is removed."""
+        first imgfs layer is verified, so the daemon's start (a Python process: interpreter,
+        imports, the FUSE mount) overlaps the rest of the pull and the container's creation
+        instead of sitting inside the container's Prepare; the daemon waits for each
+        bootstrap to appear in the node's bootstrap cache (``bootstrap_wait``) as the
+        snapshotter verifies the layers, instead of fetching it a second time. The Prepare
+        then finds the mount ready (or waits on the lock for the start in flight). Unused, it
+        stays EARLY_GRACE seconds, or until the image is removed."""
         key = self.image_key(image)
         with self._early_lock:
             if key in self._early_starting:
@@ -295,8 +295,7 @@ class RemoteLayers:
                     if key not in self._early_committed:
                         continue    # its pull has not committed the top layer yet
                     log.info("image %s was removed before any container used it", key)
-                self._early.pop(key, None)
-                self._early_committed.discard(key)
+                self._unmark_early(key)
                 log.info("stopping unused fusefs daemon %d of %s", pid, key)
                 if daemons.alive(pid) and daemons.cmdline_has(pid, mp):
                     daemons.stop(pid, Path(mp), self._procs.pop(key, None))

@@ -8,7 +8,9 @@ bytes, and never bytes of a buffer the push has reused for the next chunk.
 """
 from __future__ import annotations
 
+import contextlib
 import threading
+from collections.abc import Iterator
 
 import trio
 
@@ -34,21 +36,30 @@ class HeldNotify(Recorder):
         super().__call__(ino, offset, data)
 
 
-def _push_in_thread(push: KernelPush, parts, size: int) -> threading.Thread:
+@contextlib.contextmanager
+def _push_held_at(tmp_path, chunk: int, n: int = 8) -> Iterator[tuple]:
+    """A push of an ``n``-chunk warm file, in a thread, held inside the notify_store of chunk
+    ``chunk`` (where a kernel holds it while a READ has those pages locked). Yields (reader,
+    the file's bytes, the push, the file's parts); on exit releases the push and joins it."""
+    size = n * CHUNK
+    reader, expected = _warm(tmp_path, n, size)
+    rec = HeldNotify(hold_offset=chunk * CHUNK)
+    push = KernelPush(reader.store, rec)
+    parts = reader._refs(INO, 0, size, size)
     t = threading.Thread(target=push.push, args=(INO, parts, size), daemon=True)
     t.start()
-    return t
+    try:
+        assert rec.holding.wait(10)
+        yield reader, expected, push, parts
+    finally:
+        rec.release.set()
+        t.join(10)
+    assert not t.is_alive()
+    assert push.pushed_bytes == size
 
 
 def test_a_read_borrows_the_chunk_a_push_holds_exactly(tmp_path):
-    size = 8 * CHUNK
-    reader, expected = _warm(tmp_path, 8, size)
-    rec = HeldNotify(hold_offset=3 * CHUNK)
-    push = KernelPush(reader.store, rec)
-    parts = reader._refs(INO, 0, size, size)
-    t = _push_in_thread(push, parts, size)
-    try:
-        assert rec.holding.wait(10)
+    with _push_held_at(tmp_path, 3) as (_, expected, push, parts):
         digest = parts[3][0].info.digest
         got = push.borrow(digest, 100, 2000, wait=True)
         assert got == expected[3 * CHUNK + 100:3 * CHUNK + 2100]
@@ -57,29 +68,14 @@ def test_a_read_borrows_the_chunk_a_push_holds_exactly(tmp_path):
         assert push.borrow(parts[6][0].info.digest, 0, CHUNK, wait=True) is None
         # past the chunk's end: refused, not short
         assert push.borrow(digest, CHUNK - 10, 20, wait=False) is None
-    finally:
-        rec.release.set()
-        t.join(10)
-    assert not t.is_alive()
-    assert push.pushed_bytes == size
 
 
 def test_a_loan_ends_before_its_buffer_is_reused(tmp_path):
     """While chunk 4 is being pushed (the thread's buffer now holds it), chunk 3, pushed
     before from the same buffer, is not lent: its bytes are gone from it."""
-    size = 8 * CHUNK
-    reader, expected = _warm(tmp_path, 8, size)
-    rec = HeldNotify(hold_offset=4 * CHUNK)
-    push = KernelPush(reader.store, rec)
-    parts = reader._refs(INO, 0, size, size)
-    t = _push_in_thread(push, parts, size)
-    try:
-        assert rec.holding.wait(10)
+    with _push_held_at(tmp_path, 4) as (_, expected, push, parts):
         assert push.borrow(parts[3][0].info.digest, 0, CHUNK, wait=True) is None
         assert push.borrow(parts[4][0].info.digest, 0, CHUNK, wait=True) == expected[4 * CHUNK:5 * CHUNK]
-    finally:
-        rec.release.set()
-        t.join(10)
     assert push._loans == {}        # every loan closed
 
 
@@ -111,24 +107,15 @@ def test_reader_serves_a_read_racing_a_push_from_the_loan(tmp_path):
     """A READ (worker-thread path) for a chunk whose push is held in notify_store gets the
     lent bytes and does not read the chunk file again."""
     size = 8 * CHUNK
-    reader, expected = _warm(tmp_path, 8, size)
-    rec = HeldNotify(hold_offset=5 * CHUNK)
-    reader.push = KernelPush(reader.store, rec)
-    parts = reader._refs(INO, 0, size, size)
-    t = _push_in_thread(reader.push, parts, size)
-    hits_before = reader.store.statistics().hits
-    try:
-        assert rec.holding.wait(10)
+    with _push_held_at(tmp_path, 5) as (reader, expected, push, _):
+        reader.push = push
+        hits_before = reader.store.statistics().hits - 5     # the push's loads of chunks 0-4
         race = reader._refs(INO, 5 * CHUNK, CHUNK, size)
         out = reader._assemble(race, 5 * CHUNK, CHUNK, True)
         assert out == expected[5 * CHUNK:6 * CHUNK]
-        assert reader.push.lent_bytes == CHUNK
-    finally:
-        rec.release.set()
-        t.join(10)
+        assert push.lent_bytes == CHUNK
     # the push loaded each of the 8 chunks once; the READ added no read of the store
     assert reader.store.statistics().hits == hits_before + 8
-    # and the whole file through the reader is still exact
     reader._stream.clear()
     reader.spawn = None        # no background tasks: every read served in place
 
