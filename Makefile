@@ -30,6 +30,7 @@ demo: venv
 bench: venv
 	$(VPY) -m benchmarks.convert
 	$(VPY) -m benchmarks.fusefs
+	$(VPY) -m benchmarks.pagefill
 	$(VPY) -m benchmarks.cli run --quick --out benchmarks/results/imgbench-quick
 
 soak: venv
