@@ -47,6 +47,9 @@ def parse_compression(text: str) -> int:
 def _registry_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--plain-http", action="store_true", help="talk HTTP, not HTTPS, to registries")
     p.add_argument("--insecure", action="store_true", help="do not verify registry TLS certificates")
+    p.add_argument("--authfile", dest="auth_file", metavar="FILE", default=None,
+                   help="docker config.json with registry credentials, for source and destination "
+                        "(default: $DOCKER_CONFIG/config.json, else ~/.docker/config.json)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -120,8 +123,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _registry_opts(args: argparse.Namespace) -> dict:
-    return {"plain_http": args.plain_http, "insecure": args.insecure}
+def registry_opts(args: argparse.Namespace) -> dict:
+    """The registry flags of a command (``_registry_flags``) as RegistryClient options."""
+    opts = {"plain_http": args.plain_http, "insecure": args.insecure}
+    if args.auth_file:
+        opts["auth_file"] = args.auth_file
+    return opts
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
@@ -147,8 +154,8 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     if args.dedup or args.chunk_dict:
         from converter.dedupcli import dedup_options
 
-        dedup_options(args, opts, _registry_opts(args))
-    summary = convert(src, dst, opts, _registry_opts(args), show_progress=sys.stderr.isatty())
+        dedup_options(args, opts, registry_opts(args))
+    summary = convert(src, dst, opts, registry_opts(args), show_progress=sys.stderr.isatty())
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
@@ -163,10 +170,10 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     if args.dedup_report:
         from converter.dedupcli import cmd_dedup_report
 
-        return cmd_dedup_report(args, _registry_opts(args))
+        return cmd_dedup_report(args, registry_opts(args))
     if len(args.image) != 1:
         raise UsageError("inspect takes one image (several only with --dedup-report)")
-    report = inspect_image(parse_location(args.image[0]), args.platform, _registry_opts(args))
+    report = inspect_image(parse_location(args.image[0]), args.platform, registry_opts(args))
     print(json.dumps(report, indent=2) if args.json else render(report))
     return 0
 
@@ -175,7 +182,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
     from converter.check import check_images
 
     diffs, stats = check_images(parse_location(args.original), parse_location(args.converted),
-                                args.platform, _registry_opts(args), args.workdir)
+                                args.platform, registry_opts(args), args.workdir)
     if args.json:
         print(json.dumps({"ok": not diffs, "differences": diffs, **stats}, indent=2))
     else:
@@ -189,7 +196,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
 def _cmd_unpack(args: argparse.Namespace) -> int:
     from converter.unpack import unpack_image
 
-    stats = unpack_image(parse_location(args.image), args.dir, args.platform, _registry_opts(args),
+    stats = unpack_image(parse_location(args.image), args.dir, args.platform, registry_opts(args),
                          args.workdir)
     print(f"{args.dir}: {stats['paths']} paths, {stats['bytes']} bytes")
     return 0

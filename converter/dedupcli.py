@@ -30,11 +30,12 @@ def add_commands(sub: Any, registry_flags: Callable[[argparse.ArgumentParser], N
 
 
 def _cmd_build(args: argparse.Namespace) -> int:
+    from converter.cli import registry_opts
     from converter.dedupconv import build_dict
 
     for i in args.images:
         parse_location(i)           # usage errors before any network
-    d = build_dict(args.images, args.min_images, {"plain_http": args.plain_http, "insecure": args.insecure})
+    d = build_dict(args.images, args.min_images, registry_opts(args))
     d.save(args.output)
     summary = {"output": str(args.output), "images": d.images, "chunks": len(d),
                "blobs": len(d.blobs), "chunk_bytes_compressed": d.stored_bytes()}

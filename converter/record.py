@@ -75,7 +75,7 @@ def _record(image: str, args: argparse.Namespace, cmd: list[str], ready):
 
     try:
         return record(image, cmd, ready, plain_http=args.plain_http, insecure=args.insecure,
-                      workdir=args.workdir, max_seconds=args.max_seconds,
+                      auth_file=args.auth_file, workdir=args.workdir, max_seconds=args.max_seconds,
                       echo=lambda line: print(line, file=sys.stderr))
     except RecordError as e:
         raise IOFailure(f"record: {e}") from None
@@ -111,7 +111,7 @@ def prefetch_from_traces(paths: list[Path], chunk_size: int) -> list:
 
 
 def cmd_optimize(args: argparse.Namespace) -> int:
-    from converter.cli import parse_size
+    from converter.cli import parse_size, registry_opts
     from converter.convert import ConvertOptions, convert
     from converter.location import parse_location
     from prefetch.order import plan, prefetch_list_json
@@ -126,7 +126,7 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     if dst.kind == "docker-archive":
         raise UsageError("docker-archive: is a source only; write to docker:// or oci:")
     ready, cmd = _readiness(args)
-    reg = {"plain_http": args.plain_http, "insecure": args.insecure}
+    reg = registry_opts(args)
     stage = Path(tempfile.mkdtemp(prefix="imgconv-optimize-", dir=args.workdir))
     try:
         layout = stage / "oci"

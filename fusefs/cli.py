@@ -60,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--cache-size", type=_size, default=None, help="cache cap in bytes (10G, ...)")
     m.add_argument("--plain-http", action="store_true", default=None)
     m.add_argument("--insecure", action="store_true", default=None, help="skip TLS verification")
+    m.add_argument("--authfile", dest="auth_file", default=None, metavar="FILE",
+                   help="docker config.json with the registry's credentials (default: "
+                        "$DOCKER_CONFIG/config.json, else ~/.docker/config.json)")
     m.add_argument("--daemon", action="store_true", help="detach once the mount is ready")
     m.add_argument("--control-socket", default=None, help="HTTP-over-unix socket for /metrics, /state")
     g = m.add_mutually_exclusive_group()
@@ -89,6 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stats: also logical vs stored bytes of these images' chunks (repeatable)")
     c.add_argument("--plain-http", action="store_true")
     c.add_argument("--insecure", action="store_true")
+    c.add_argument("--authfile", dest="auth_file", default=None, metavar="FILE",
+                   help="docker config.json with the registry's credentials")
     c.add_argument("--cache-dir", default=DEFAULT_CACHE_DIR)
     return p
 
@@ -106,7 +111,7 @@ def _mount_config(args: argparse.Namespace) -> MountConfig:
         unknown = set(values) - known
         if unknown:
             raise QuietError(f"--config {args.config}: unknown keys {sorted(unknown)}", EXIT_USAGE)
-    for key in ("cache_dir", "cache_size", "plain_http", "insecure", "control_socket", "prefetch",
+    for key in ("cache_dir", "cache_size", "plain_http", "insecure", "auth_file", "control_socket", "prefetch",
                 "access_log", "layer", "layer_count", "fd_store"):
         v = getattr(args, key)
         if v is not None:
@@ -248,7 +253,8 @@ def _image_chunks(image: str, args: argparse.Namespace) -> dict[bytes, int]:
     from fusefs.source import ImageError, SourceError, open_image
 
     try:
-        layers, source, _digest = open_image(image, plain_http=args.plain_http, insecure=args.insecure)
+        layers, source, _digest = open_image(image, plain_http=args.plain_http, insecure=args.insecure,
+                                             auth_file=args.auth_file)
     except (ImageError, SourceError) as exc:
         raise QuietError(f"{image}: {exc}", EXIT_IMAGE if isinstance(exc, ImageError) else EXIT_IO) from None
     out: dict[bytes, int] = {}

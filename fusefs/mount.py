@@ -55,6 +55,7 @@ class MountConfig:
     cache_size: int | None = None
     plain_http: bool = False
     insecure: bool = False
+    auth_file: str | None = None     # docker config.json with the registry's credentials (must exist)
     control_socket: str | None = None
     prefetch: str = "table"          # "none" | "table" | "all"
     access_log: str | None = None
@@ -157,7 +158,7 @@ async def load_image(cfg: MountConfig) -> tuple[list[LayerRef], Any, list[Any], 
 
     layers, source, _digest = await trio.to_thread.run_sync(
         lambda: open_image(cfg.image, plain_http=cfg.plain_http, insecure=cfg.insecure,
-                           retries=cfg.retries, timeout=cfg.timeout, layer_count=cfg.layer_count))
+                           auth_file=cfg.auth_file, retries=cfg.retries, timeout=cfg.timeout, layer_count=cfg.layer_count))
     if cfg.layer is not None:
         if not 0 <= cfg.layer < len(layers):
             raise ImageError(f"--layer {cfg.layer}: the image has {len(layers)} layers")

@@ -132,19 +132,22 @@ def layers_from_manifest(manifest: dict, count: int | None = None) -> list[Layer
 
 
 def open_image(image: str, *, plain_http: bool = False, insecure: bool = False,
-               retries: int = 4, timeout: float = 30.0,
+               auth_file: str | None = None, retries: int = 4, timeout: float = 30.0,
                layer_count: int | None = None) -> tuple[list[LayerRef], Any, str]:
     """Resolve IMAGE; return (imgfs layers bottom first, blob source, manifest digest).
-    ``layer_count``: only the bottom layers (``layers_from_manifest``)."""
+    ``layer_count``: only the bottom layers (``layers_from_manifest``); ``auth_file``: a
+    docker config.json with the registry's credentials (else $DOCKER_CONFIG's)."""
     if image.startswith("docker://"):
-        return _open_registry(image[len("docker://"):], plain_http, insecure, retries, timeout, layer_count)
+        return _open_registry(image[len("docker://"):], plain_http, insecure, retries, timeout, layer_count,
+                              auth_file)
     if image.startswith("oci:"):
         return _open_oci(image[len("oci:"):], layer_count)
     raise ImageError(f"unknown image location {image!r}: use docker://HOST/REPO:TAG or oci:DIR[:TAG]")
 
 
-def _open_registry(ref_text: str, plain_http: bool, insecure: bool, retries: int,
-                   timeout: float, layer_count: int | None = None) -> tuple[list[LayerRef], Any, str]:
+def _open_registry(ref_text: str, plain_http: bool, insecure: bool, retries: int, timeout: float,
+                   layer_count: int | None = None,
+                   auth_file: str | None = None) -> tuple[list[LayerRef], Any, str]:
     from registry.client import RegistryClient, RegistryError
     from registry.reference import InvalidReference, parse_reference
 
@@ -152,9 +155,9 @@ def _open_registry(ref_text: str, plain_http: bool, insecure: bool, retries: int
         ref = parse_reference(ref_text)
     except InvalidReference as exc:
         raise ImageError(str(exc)) from exc
-    client = RegistryClient(registry=ref.registry, plain_http=plain_http, insecure=insecure,
-                            timeout=timeout, retries=retries)
     try:
+        client = RegistryClient(registry=ref.registry, plain_http=plain_http, insecure=insecure,
+                                auth_file=auth_file, timeout=timeout, retries=retries)
         manifest = client.resolve(ref)
     except RegistryError as exc:
         raise SourceError(str(exc)) from exc

@@ -92,8 +92,8 @@ def _stop_daemon(mnt: Path, pid: int | None) -> None:
 
 
 def record(image: str, command: list[str], ready: Readiness = Readiness(), *, plain_http: bool = False,
-           insecure: bool = False, workdir: Path | None = None, max_seconds: float = 600.0,
-           echo=None) -> Trace:
+           insecure: bool = False, auth_file: str | None = None, workdir: Path | None = None,
+           max_seconds: float = 600.0, echo=None) -> Trace:
     """Run ``command`` over a cold imgfs mount of ``image`` and return its trace.
 
     Raises RecordError when the mount fails, or the workload exits non-zero before it was
@@ -114,7 +114,8 @@ def record(image: str, command: list[str], ready: Readiness = Readiness(), *, pl
                 "--control-socket", str(ctl), "--access-log", str(alog), "--no-prefetch",
                 "--config", str(tmp / "mount.toml"), "--log-file", str(tmp / "imgfs.log"),
                 "--pid-file", str(pidf), *(["--plain-http"] if plain_http else []),
-                *(["--insecure"] if insecure else [])]
+                *(["--insecure"] if insecure else []),
+                *(["--authfile", str(auth_file)] if auth_file else [])]
         r = subprocess.run(args, capture_output=True, text=True, check=False, timeout=300)
         if pidf.exists():
             pid = int(pidf.read_text())

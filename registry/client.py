@@ -80,15 +80,17 @@ class ClientStatistics:
 class RegistryClient:
     """Client for one registry (host[:port]); see docs/internals.md for the contract.
 
-    Credentials: ``username``/``password`` if given, else the docker config
-    (``docker_config`` path, default ``$DOCKER_CONFIG/config.json`` or
+    Credentials: ``username``/``password`` if given, else ``auth_file`` (a docker
+    config.json the user named, e.g. ``--authfile``: it must exist), else the docker
+    config (``docker_config`` path, default ``$DOCKER_CONFIG/config.json`` or
     ``~/.docker/config.json``), else anonymous. They never appear in repr,
     logs or exceptions.
     """
 
     def __init__(self, registry: str, plain_http: bool = False, insecure: bool = False,
                  username: str | None = None, password: str | None = None,
-                 docker_config: str | os.PathLike | None = None, timeout: float = 30.0,
+                 docker_config: str | os.PathLike | None = None,
+                 auth_file: str | os.PathLike | None = None, timeout: float = 30.0,
                  retries: int = 4, backoff: float = 0.2, *, pool_size: int = 32,
                  proxies: dict | None = None, upload_chunk_size: int = DEFAULT_UPLOAD_CHUNK):
         if not registry or "/" in registry:
@@ -98,7 +100,10 @@ class RegistryClient:
             creds: Credentials | None | CredentialSource = Credentials(username, password or "")
         else:
             try:
-                creds = docker_credential_source(registry, docker_config)
+                if auth_file:
+                    creds = docker_credential_source(registry, auth_file, required=True)
+                else:
+                    creds = docker_credential_source(registry, docker_config)
             except CredentialsError as e:
                 raise AuthError(str(e), registry=registry) from None
         self.upload_chunk_size = max(1, int(upload_chunk_size))

@@ -106,11 +106,13 @@ def _from_helper(helper: str, registry: str) -> Credentials | None:
 CredentialSource = Callable[[], "Credentials | None"]
 
 
-def docker_credential_source(registry: str, path: str | os.PathLike | None = None) -> CredentialSource:
+def docker_credential_source(registry: str, path: str | os.PathLike | None = None,
+                             required: bool = False) -> CredentialSource:
     """A zero-argument callable giving the credentials for ``registry`` (host[:port]), or None.
 
-    The config file is read and checked now: a missing file means anonymous; an
-    unreadable or malformed one is an error (going anonymous would turn into a
+    The config file is read and checked now: a missing file means anonymous, unless
+    ``required`` (a file the user named, ``--authfile``: a typo must not turn into an
+    anonymous pull and a 401 later); an unreadable or malformed one is an error (going anonymous would turn into a
     confusing 401 later). Credential helpers run only when called, i.e. when the
     registry first asks for credentials, as docker does: an anonymous registry
     never starts a helper, and a ``credsStore`` whose program is missing only
@@ -122,6 +124,8 @@ def docker_credential_source(registry: str, path: str | os.PathLike | None = Non
             mode = os.fstat(f.fileno()).st_mode
             text = f.read()
     except FileNotFoundError:
+        if required:
+            raise CredentialsError(f"auth file {p} does not exist") from None
         return lambda: None
     except OSError as e:
         raise CredentialsError(f"cannot read docker config {p}: {e.strerror}") from None

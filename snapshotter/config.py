@@ -102,4 +102,7 @@ def load(path: Path | None) -> Config:
     _fill(cfg, data, str(path))
     if cfg.log_level not in _LEVELS:
         raise ConfigError(f"{path}: log_level must be one of {sorted(_LEVELS)}")
+    if cfg.registry.credentials and not Path(cfg.registry.credentials).is_file():
+        # every pull and mount would fail on it later, each with a less obvious message
+        raise ConfigError(f"{path}: [registry] credentials {cfg.registry.credentials} is not a file")
     return cfg

@@ -23,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import shutil
 import subprocess
 import threading
@@ -120,6 +119,8 @@ class RemoteLayers:
             argv.append("--plain-http")
         if image["registry"] in r.insecure:
             argv.append("--insecure")
+        if r.credentials:
+            argv += ["--authfile", str(r.credentials)]
         if f.prefetch_all:
             argv.append("--prefetch-all")
         elif not f.prefetch:
@@ -139,21 +140,6 @@ class RemoteLayers:
         if fd_store:
             argv += ["--fd-store", fd_store]
         return argv
-
-    def _env(self, mp: Path) -> dict[str, str] | None:
-        """The daemon's environment: `imgfs mount` has no credentials flag, but its registry
-        client reads $DOCKER_CONFIG/config.json, so a private dir with a symlink named
-        config.json to `[registry] credentials` hands it the same credentials."""
-        creds = self.cfg.registry.credentials
-        if not creds:
-            return None
-        d = self.daemon_dir / mp.name / "docker"
-        d.mkdir(parents=True, exist_ok=True)
-        link = d / "config.json"
-        if link.is_symlink() or link.exists():
-            link.unlink()
-        link.symlink_to(Path(creds).resolve())
-        return {**os.environ, "DOCKER_CONFIG": str(d)}
 
     def ensure_mount(self, image: dict, why: str = "mount") -> Path:
         """The image's fusefs mount, started (or restarted) when it is not healthy."""
@@ -221,7 +207,7 @@ class RemoteLayers:
             if store:
                 self.fdkeeper.drop(mp)
             try:
-                proc = daemons.start(argv, mp, logfile, self.cfg.mount_timeout, env=self._env(mp),
+                proc = daemons.start(argv, mp, logfile, self.cfg.mount_timeout,
                                      control=control)
             except daemons.MountError as e:
                 if not store or self.fdkeeper.alive():
@@ -230,7 +216,7 @@ class RemoteLayers:
                 log.warning("fusefs daemon of %s failed without its fd store (%s): retrying", key, e)
                 argv = self._argv(image, mp, self._fd_store(), why)
                 daemons.unmount(mp)
-                proc = daemons.start(argv, mp, logfile, self.cfg.mount_timeout, env=self._env(mp),
+                proc = daemons.start(argv, mp, logfile, self.cfg.mount_timeout,
                                      control=control)
         ready = time.time()
         self._procs[key] = proc
@@ -248,7 +234,7 @@ class RemoteLayers:
         when none came up: the caller then remounts, and says so."""
         for attempt in range(1, TAKEOVER_TRIES + 1):
             try:
-                proc = daemons.start(argv, mp, logfile, self.cfg.mount_timeout, env=self._env(mp),
+                proc = daemons.start(argv, mp, logfile, self.cfg.mount_timeout,
                                      control=control, keep_mount=True)
             except daemons.MountError as e:
                 log.warning("takeover of %s at %s failed (try %d of %d): %s", key, mp, attempt,

@@ -62,7 +62,7 @@ class SkipPull:
 
         r = self.cfg.registry
         return RegistryClient(registry=host, plain_http=host in r.plain_http, insecure=host in r.insecure,
-                              docker_config=r.credentials or None, timeout=r.timeout, retries=r.retries)
+                              auth_file=r.credentials or None, timeout=r.timeout, retries=r.retries)
 
     def try_prepare(self, key: str, parent: str, labels: dict[str, str]) -> dict | None:
         try:

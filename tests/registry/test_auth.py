@@ -197,6 +197,21 @@ def test_malformed_docker_config_is_a_clear_error(fake, tmp_path):
         client_for(fake, cfg)
 
 
+def test_auth_file_must_exist_where_the_default_config_may_not(fake, tmp_path, monkeypatch):
+    """An auth file the user named (--authfile) that is missing is an error, not anonymous;
+    the default docker config may be absent (anonymous pulls)."""
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "no-such-dir"))
+    with pytest.raises(AuthError, match="does not exist"):
+        RegistryClient(fake.host, plain_http=True, auth_file=tmp_path / "typo.json")
+    RegistryClient(fake.host, plain_http=True)                       # default: anonymous
+    d = fake.add_blob(b"named")
+    fake.b.auth, fake.b.users = "basic", {USER: SECRET}
+    named = tmp_path / "named.json"
+    named.write_text(json.dumps({"auths": {fake.host: {"username": USER, "password": SECRET}}}))
+    named.chmod(0o600)
+    assert RegistryClient(fake.host, plain_http=True, auth_file=named).get_blob("r/x", d) == b"named"
+
+
 def test_credentials_repr_is_redacted():
     c = Credentials(USER, SECRET)
     assert SECRET not in repr(c) and USER not in repr(c)

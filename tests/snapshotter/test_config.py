@@ -39,6 +39,7 @@ def test_overrides(tmp_path):
     ("[registry]\nbogus = 1", "unknown key 'bogus'"),
     ("registry = 1", "must be a table"),
     ("root = ", "not valid TOML"),
+    ("[registry]\ncredentials = '/nonexistent/auth.json'", "credentials /nonexistent/auth.json is not a file"),
 ])
 def test_errors(tmp_path, text, msg):
     f = tmp_path / "c.toml"
@@ -48,8 +49,7 @@ def test_errors(tmp_path, text, msg):
 
 
 def test_daemon_argv_access_log_and_credentials(tmp_path):
-    """access_log adds --access-log per daemon; credentials reach `imgfs mount` (which has no
-    credentials flag) as $DOCKER_CONFIG/config.json, a symlink to the configured file."""
+    """access_log adds --access-log per daemon; credentials reach `imgfs mount` as --authfile."""
     from snapshotter.remote import RemoteLayers
     from snapshotter.store import Store
 
@@ -70,12 +70,10 @@ def test_daemon_argv_access_log_and_credentials(tmp_path):
         ddir = cfg.root / "daemons" / mp.name
         assert argv[argv.index("--access-log") + 1] == str(ddir / "access.jsonl")
         assert "--plain-http" in argv
-        env = remote._env(mp)
-        link = Path(env["DOCKER_CONFIG"]) / "config.json"
-        assert link.read_text() == creds.read_text() and link.resolve() == creds.resolve()
-        assert remote._env(mp) == env                 # a restart replaces the link
+        assert argv[argv.index("--authfile") + 1] == str(creds)
         remote.cfg.access_log = False
         remote.cfg.registry.credentials = ""
-        assert "--access-log" not in remote._argv(image, mp) and remote._env(mp) is None
+        argv = remote._argv(image, mp)
+        assert "--access-log" not in argv and "--authfile" not in argv
     finally:
         store.close()

@@ -203,12 +203,15 @@ class SnapshotterProc:
                 self.proc.wait()
 
 
-def write_snapshotter_config(root: Path, socket: Path, plain_http: list[str], extra: str = "") -> Path:
-    """A minimal TOML config for tests: private root/socket, plain-HTTP test registries, debug log."""
+def write_snapshotter_config(root: Path, socket: Path, plain_http: list[str], extra: str = "",
+                             registry_extra: str = "") -> Path:
+    """A minimal TOML config for tests: private root/socket, plain-HTTP test registries, debug log;
+    ``extra`` adds top-level keys, ``registry_extra`` keys of [registry] (credentials, ...)."""
     cfg = root.parent / f"{root.name}.toml"
     cfg.write_text(f'root = "{root}"\nsocket = "{socket}"\nlog_level = "debug"\n'
                    f"supervise_interval = 0.5\n{extra}\n"
-                   f"[registry]\nplain_http = {json.dumps(plain_http)}\nretries = 1\ntimeout = 10\n")
+                   f"[registry]\nplain_http = {json.dumps(plain_http)}\nretries = 1\ntimeout = 10\n"
+                   f"{registry_extra}\n")
     return cfg
 
 

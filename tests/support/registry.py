@@ -52,7 +52,18 @@ class Registry:
                 if '"GET /v2/' in ln and "/blobs/" in ln]
 
 
-def start_registry(workdir: Path, port: int | None = None) -> Registry:
+def _htpasswd(path: Path, users: dict[str, str]) -> None:
+    """docker-registry's htpasswd auth takes bcrypt hashes only."""
+    import bcrypt
+
+    path.write_text("".join(f"{u}:{bcrypt.hashpw(p.encode(), bcrypt.gensalt(4)).decode()}\n"
+                            for u, p in users.items()))
+
+
+def start_registry(workdir: Path, port: int | None = None,
+                   users: dict[str, str] | None = None) -> Registry:
+    """A docker-registry on 127.0.0.1; with ``users`` (name -> password) it asks for basic
+    auth (htpasswd) on every request."""
     workdir.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
     storage = workdir / "storage"
@@ -65,6 +76,10 @@ def start_registry(workdir: Path, port: int | None = None) -> Registry:
         "  cache:\n    blobdescriptor: inmemory\n"
         f"http:\n  addr: 127.0.0.1:{port}\n"
     )
+    if users:
+        _htpasswd(workdir / "htpasswd", users)
+        with open(cfg, "a") as f:
+            f.write(f"auth:\n  htpasswd:\n    realm: imgfs-test\n    path: {workdir / 'htpasswd'}\n")
     log = workdir / "registry.log"
     with open(log, "ab") as lf:
         proc = subprocess.Popen(["docker-registry", "serve", str(cfg)], stdout=lf, stderr=lf,
@@ -75,7 +90,7 @@ def start_registry(workdir: Path, port: int | None = None) -> Registry:
         if proc.poll() is not None:
             raise RuntimeError(f"docker-registry exited: {log.read_text()[-2000:]}")
         try:
-            if requests.get(f"{reg.url}/v2/", timeout=1).status_code == 200:
+            if requests.get(f"{reg.url}/v2/", timeout=1).status_code in (200, 401):
                 return reg
         except requests.RequestException:
             pass

@@ -120,10 +120,10 @@ def _unmount_below(path: Path) -> None:
         subprocess.run(["umount", "-l", t], capture_output=True, check=False)
 
 
-def make_stack(registry_host: str, extra_config: str = "") -> Stack:
+def make_stack(registry_host: str, extra_config: str = "", registry_extra: str = "") -> Stack:
     d = Path(tempfile.mkdtemp(prefix="snap-", dir="/tmp"))
     root, sock = d / "root", d / "imgfs.sock"
-    cfg = write_snapshotter_config(root, sock, [registry_host], extra_config)
+    cfg = write_snapshotter_config(root, sock, [registry_host], extra_config, registry_extra)
     snap = start_snapshotter(cfg, root, sock, d / "snapshotter.log")
     try:
         ctd = start_containerd(d / "ctd", proxy_plugins={"imgfs": str(sock)})
