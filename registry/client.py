@@ -97,7 +97,9 @@ class RegistryClient:
             raise InvalidReference(f"invalid registry host {registry!r}")
         self.registry = registry
         if username is not None:
-            creds: Credentials | None | CredentialSource = Credentials(username, password or "")
+            # "<token>" as the user name means an identity (refresh) token, as from docker's helpers
+            creds: Credentials | None | CredentialSource = Credentials(
+                username, password or "", identity_token=username == "<token>")
         else:
             try:
                 if auth_file:

@@ -45,6 +45,11 @@ def main(argv: list[str] | None = None) -> int:
         remote.recover()
         snap.release()           # a crash between a Remove and its daemon's stop leaves one running
         server = serve(snap, cfg.socket)
+        cri = None
+        if cfg.cri.listen:
+            from snapshotter import criproxy
+
+            cri = criproxy.serve(remote.keychain, Path(cfg.cri.listen), cfg.cri.backend)
     except OSError as e:
         print(f"imgfs-snapshotter: cannot start: {e}", file=sys.stderr)
         return 4
@@ -57,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     stop.wait()
     log.info("stopping: fusefs mounts stay up for the next start to adopt")
     server.stop(grace=5).wait()
+    if cri is not None:
+        cri.stop(grace=5).wait()
     remote.wake()
     supervisor.join(timeout=30)
     store.close()

@@ -32,6 +32,12 @@ class FetchConfig:
 
 
 @dataclass
+class CriConfig:
+    listen: str = ""                   # kubelet's --image-service-endpoint socket; "" = no proxy
+    backend: str = "/run/containerd/containerd.sock"   # containerd's CRI, where calls go on to
+
+
+@dataclass
 class Config:
     root: Path = Path("/var/lib/imgfs-snapshotter")
     socket: Path = Path("/run/imgfs-snapshotter/imgfs.sock")
@@ -46,6 +52,7 @@ class Config:
     mount_on_pull: bool = True         # start an image's daemon when its top layer is pulled
     registry: RegistryConfig = field(default_factory=RegistryConfig)
     fetch: FetchConfig = field(default_factory=FetchConfig)
+    cri: CriConfig = field(default_factory=CriConfig)
 
     @property
     def cache(self) -> Path:
@@ -61,7 +68,7 @@ def _fill(obj: object, data: dict, where: str) -> None:
         if key not in known:
             raise ConfigError(f"{where}: unknown key {key!r} (known: {', '.join(sorted(known))})")
         current = getattr(obj, key)
-        if isinstance(current, (RegistryConfig, FetchConfig)):
+        if isinstance(current, (RegistryConfig, FetchConfig, CriConfig)):
             if not isinstance(value, dict):
                 raise ConfigError(f"{where}: [{key}] must be a table")
             _fill(current, value, f"{where} [{key}]")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 PROTO_DIR = Path(__file__).resolve().parent / "proto"
 REPO_ROOT = PROTO_DIR.parent.parent
-PROTOS = ("mount.proto", "snapshots.proto")
+PROTOS = ("mount.proto", "snapshots.proto", "criauth.proto")
 
 
 def generate() -> None:

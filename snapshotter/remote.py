@@ -34,6 +34,7 @@ from snapshotter import daemons
 from snapshotter import store as st
 from snapshotter.config import Config
 from snapshotter.fdkeeper import FdKeeper
+from snapshotter.keychain import Keychain
 from snapshotter.skippull import SkipPull, image_key
 from snapshotter.store import Snapshot, Store
 
@@ -63,7 +64,8 @@ class RemoteLayers:
         self._early_committed: set[str] = set()  # early keys whose top layer was seen committed
         self._early_starting: set[str] = set()  # image keys with an early start in flight
         self._early_lock = threading.Lock()
-        self.pull = SkipPull(cfg, store, self.mount_early)
+        self.keychain = Keychain()      # credentials of CRI pulls (snapshotter.criproxy)
+        self.pull = SkipPull(cfg, store, self.mount_early, self.keychain)
 
     def try_prepare(self, key: str, parent: str, labels: dict[str, str]) -> dict | None:
         return self.pull.try_prepare(key, parent, labels)
@@ -119,14 +121,16 @@ class RemoteLayers:
             argv.append("--plain-http")
         if image["registry"] in r.insecure:
             argv.append("--insecure")
-        if r.credentials:
-            argv += ["--authfile", str(r.credentials)]
+        ddir = self.daemon_dir / mp.name
+        ddir.mkdir(parents=True, exist_ok=True)
+        # a pull's own credentials (CRI, imagePullSecrets) before the node's configured ones
+        learnt = self.keychain.write_auth_file(image["registry"], ddir / "auth.json")
+        if learnt or r.credentials:
+            argv += ["--authfile", str(learnt or r.credentials)]
         if f.prefetch_all:
             argv.append("--prefetch-all")
         elif not f.prefetch:
             argv.append("--no-prefetch")
-        ddir = self.daemon_dir / mp.name
-        ddir.mkdir(parents=True, exist_ok=True)
         tuning = ddir / "mount.toml"      # fusefs MountConfig keys that have no flag
         # started by a pull: the snapshotter is still verifying the layers, and their
         # bootstraps land in the bootstrap cache one by one

@@ -18,6 +18,7 @@ from collections.abc import Callable
 
 from snapshotter import labels as lb
 from snapshotter.config import Config
+from snapshotter.keychain import Keychain
 from snapshotter.store import Snapshot, Store
 
 log = logging.getLogger("imgfs.snapshotter")
@@ -50,10 +51,12 @@ class SkipPull:
     """Verifies imgfs layers of a pull; ``mount_early(image)`` is called once a pull's first
     imgfs layer is verified, when ``mount_on_pull`` is set."""
 
-    def __init__(self, cfg: Config, store: Store, mount_early: Callable[[dict], None]) -> None:
+    def __init__(self, cfg: Config, store: Store, mount_early: Callable[[dict], None],
+                 keychain: Keychain | None = None) -> None:
         self.cfg = cfg
         self.store = store
         self.mount_early = mount_early
+        self.keychain = keychain or Keychain()
         self._manifests: dict[tuple[str, str, str], dict] = {}  # (registry, repo, digest) -> json
         self._tags: dict[str, tuple[float, str]] = {}         # reference -> (when, manifest digest)
 
@@ -61,8 +64,11 @@ class SkipPull:
         from registry.client import RegistryClient
 
         r = self.cfg.registry
+        learnt = self.keychain.get(host)        # a CRI pull's own credentials come first
+        who = ({"username": learnt.username, "password": learnt.password} if learnt
+               else {"auth_file": r.credentials or None})
         return RegistryClient(registry=host, plain_http=host in r.plain_http, insecure=host in r.insecure,
-                              auth_file=r.credentials or None, timeout=r.timeout, retries=r.retries)
+                              timeout=r.timeout, retries=r.retries, **who)
 
     def try_prepare(self, key: str, parent: str, labels: dict[str, str]) -> dict | None:
         try:

@@ -13,11 +13,13 @@ def test_defaults_match_the_docs():
     assert cfg.root == Path("/var/lib/imgfs-snapshotter") and cfg.cache == cfg.root / "cache"
     assert cfg.cache_size == 10 << 30 and cfg.log_level == "info"
     assert cfg.registry.plain_http == [] and cfg.fetch.prefetch is True
+    assert cfg.cri.listen == "" and cfg.cri.backend == "/run/containerd/containerd.sock"
     doc = (Path(__file__).resolve().parents[2] / "docs" / "snapshotter.md").read_text()
     for key in ("root", "socket", "cache_dir", "cache_size", "log_level", "mount_timeout",
                 "supervise_interval", "health_timeout", "imgfs_bin", "access_log", "mount_on_pull", "[registry] plain_http", "[registry] insecure",
                 "[registry] credentials", "[registry] timeout", "[registry] retries", "[fetch] prefetch",
-                "[fetch] prefetch_all", "[fetch] merge_gap", "[fetch] max_request"):
+                "[fetch] prefetch_all", "[fetch] merge_gap", "[fetch] max_request", "[cri] listen",
+                "[cri] backend"):
         assert f"| `{key}` |" in doc, key
 
 
@@ -40,6 +42,8 @@ def test_overrides(tmp_path):
     ("registry = 1", "must be a table"),
     ("root = ", "not valid TOML"),
     ("[registry]\ncredentials = '/nonexistent/auth.json'", "credentials /nonexistent/auth.json is not a file"),
+    ("[cri]\nlisten = 1", "must be a string"),
+    ("[cri]\nproxy = '/x'", "unknown key 'proxy'"),
 ])
 def test_errors(tmp_path, text, msg):
     f = tmp_path / "c.toml"

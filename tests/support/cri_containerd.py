@@ -243,6 +243,11 @@ class CriStack:
     def cri(self) -> CriClient:
         return self.cc.cri
 
+    @property
+    def image_socket(self) -> Path:
+        """The snapshotter's CRI image service proxy (make_cri_stack(image_proxy=True))."""
+        return self.stack.dir / "img.sock"
+
     def stop(self) -> None:
         """Pods and containers first (through CRI), then containerd, the snapshotter, its daemons
         and every mount left under the private dir: by PID, also after a failed test."""
@@ -252,14 +257,20 @@ class CriStack:
             self.stack.stop()
 
 
-def make_cri_stack(registry_host: str, sandbox_image: str, extra_config: str = "") -> CriStack:
-    """Snapshotter (test config, plain HTTP to `registry_host`) + containerd with CRI using it."""
+def make_cri_stack(registry_host: str, sandbox_image: str, extra_config: str = "",
+                   more_hosts: tuple[str, ...] = (), image_proxy: bool = False) -> CriStack:
+    """Snapshotter (test config, plain HTTP to `registry_host` and `more_hosts`) + containerd with
+    CRI using it. `image_proxy`: the snapshotter also serves its CRI image service proxy at
+    `CriStack.image_socket`, forwarding to this containerd's CRI (a kubelet's
+    --image-service-endpoint)."""
     d = Path(tempfile.mkdtemp(prefix="cri-", dir="/tmp"))
     root, sock = d / "root", d / "imgfs.sock"
-    cfg = write_snapshotter_config(root, sock, [registry_host], extra_config)
+    hosts = [registry_host, *more_hosts]
+    proxy = f'[cri]\nlisten = "{d / "img.sock"}"\nbackend = "{d / "ctd" / "c.sock"}"\n' if image_proxy else ""
+    cfg = write_snapshotter_config(root, sock, hosts, extra_config, registry_extra=proxy)
     snap = start_snapshotter(cfg, root, sock, d / "snapshotter.log")
     try:
-        cc = start_cri_containerd(sock, sandbox_image, [registry_host], workdir=d / "ctd")
+        cc = start_cri_containerd(sock, sandbox_image, hosts, workdir=d / "ctd")
     except BaseException:
         snap.stop()
         shutil.rmtree(d, ignore_errors=True)

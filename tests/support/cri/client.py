@@ -56,9 +56,11 @@ class CriClient:
     def version(self):
         return self.runtime.Version(self.pb.VersionRequest(version="v1"), timeout=self.timeout)
 
-    def pull(self, image: str) -> str:
-        """PullImage; returns the image_ref (the image id) the runtime answers."""
-        req = self.pb.PullImageRequest(image=self.pb.ImageSpec(image=image))
+    def pull(self, image: str, username: str = "", password: str = "") -> str:
+        """PullImage (with credentials, as a kubelet sends an imagePullSecret's); returns the
+        image_ref (the image id) the runtime answers."""
+        auth = self.pb.AuthConfig(username=username, password=password) if username else None
+        req = self.pb.PullImageRequest(image=self.pb.ImageSpec(image=image), auth=auth)
         return self.images.PullImage(req, timeout=self.timeout).image_ref
 
     def image_status(self, image: str):
