@@ -95,10 +95,13 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
         raise QuietError(f"imgbench: unknown mode(s) {', '.join(bad)}; known: {', '.join(ALL_MODES)}", 2)
     _check_env()
     out = args.out or ROOT / "benchmarks" / "results" / time.strftime("%Y%m%d-%H%M%S", time.gmtime())
-    layouts = build_images(workloads)
-    paths = run_benchmark(workloads, layouts, args.modes, bandwidth, rtt, repeat, out,
-                          drop=not args.no_drop_caches, command=["imgbench", *argv],
-                          mount_on_pull=args.mount_on_pull)
+    from benchmarks.benchlock import exclusive
+
+    with exclusive():                # after the usage checks: a typo waits for nobody
+        layouts = build_images(workloads)
+        paths = run_benchmark(workloads, layouts, args.modes, bandwidth, rtt, repeat, out,
+                              drop=not args.no_drop_caches, command=["imgbench", *argv],
+                              mount_on_pull=args.mount_on_pull)
     md, _ = report(out)
     print(md)
     print(f"imgbench: results in {out}")

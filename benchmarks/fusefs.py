@@ -329,11 +329,12 @@ def run(work: Path, big_size: int = GIB) -> dict:
 
 def main() -> int:
     size = int(os.environ.get("IMGFS_BENCH_BIG_BYTES", GIB))
+    from benchmarks.benchlock import exclusive
     from benchmarks.hostmem import held_free_pages
 
     work = Path(tempfile.mkdtemp(prefix="imgfs-bench-"))
     try:
-        with held_free_pages() as held:
+        with exclusive(), held_free_pages() as held:
             result = run(work, size)
         result["machine"].update(held)
     finally:

@@ -131,11 +131,12 @@ def run(work: Path, rounds: int = ROUNDS) -> dict:
 
 
 def main() -> int:
+    from benchmarks.benchlock import exclusive
     from benchmarks.hostmem import held_free_pages
 
     work = Path(tempfile.mkdtemp(prefix="imgfs-pagefill-"))
     try:
-        with held_free_pages() as held:
+        with exclusive(), held_free_pages() as held:
             result = run(work)
         result["machine"].update(held)
     finally:

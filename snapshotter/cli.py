@@ -44,12 +44,12 @@ def main(argv: list[str] | None = None) -> int:
         snap = Snapshotter(cfg.root, store, remote)
         remote.recover()
         snap.release()           # a crash between a Remove and its daemon's stop leaves one running
-        server = serve(snap, cfg.socket)
         cri = None
-        if cfg.cri.listen:
+        if cfg.cri.listen:      # before the snapshot server: it binds under a umask of 0177
             from snapshotter import criproxy
 
             cri = criproxy.serve(remote.keychain, Path(cfg.cri.listen), cfg.cri.backend)
+        server = serve(snap, cfg.socket)
     except OSError as e:
         print(f"imgfs-snapshotter: cannot start: {e}", file=sys.stderr)
         return 4
@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     log.info("stopping: fusefs mounts stay up for the next start to adopt")
     server.stop(grace=5).wait()
     if cri is not None:
-        cri.stop(grace=5).wait()
+        cri.stop(grace=5)
     remote.wake()
     supervisor.join(timeout=30)
     store.close()

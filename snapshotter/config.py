@@ -109,6 +109,8 @@ def load(path: Path | None) -> Config:
     _fill(cfg, data, str(path))
     if cfg.log_level not in _LEVELS:
         raise ConfigError(f"{path}: log_level must be one of {sorted(_LEVELS)}")
+    if cfg.cri.listen and Path(cfg.cri.listen).resolve() == Path(cfg.cri.backend).resolve():
+        raise ConfigError(f"{path}: [cri] listen and backend are the same socket ({cfg.cri.listen})")
     if cfg.registry.credentials and not Path(cfg.registry.credentials).is_file():
         # every pull and mount would fail on it later, each with a less obvious message
         raise ConfigError(f"{path}: [registry] credentials {cfg.registry.credentials} is not a file")

@@ -124,7 +124,7 @@ class RemoteLayers:
         ddir = self.daemon_dir / mp.name
         ddir.mkdir(parents=True, exist_ok=True)
         # a pull's own credentials (CRI, imagePullSecrets) before the node's configured ones
-        learnt = self.keychain.write_auth_file(image["registry"], ddir / "auth.json")
+        learnt = self.keychain.write_auth_file(image["registry"], image["repository"], ddir / "auth.json")
         if learnt or r.credentials:
             argv += ["--authfile", str(learnt or r.credentials)]
         if f.prefetch_all:

@@ -60,11 +60,11 @@ class SkipPull:
         self._manifests: dict[tuple[str, str, str], dict] = {}  # (registry, repo, digest) -> json
         self._tags: dict[str, tuple[float, str]] = {}         # reference -> (when, manifest digest)
 
-    def _client(self, host: str):
+    def _client(self, host: str, repository: str):
         from registry.client import RegistryClient
 
         r = self.cfg.registry
-        learnt = self.keychain.get(host)        # a CRI pull's own credentials come first
+        learnt = self.keychain.get(host, repository)    # a CRI pull's own credentials come first
         who = ({"username": learnt.username, "password": learnt.password} if learnt
                else {"auth_file": r.credentials or None})
         return RegistryClient(registry=host, plain_http=host in r.plain_http, insecure=host in r.insecure,
@@ -94,7 +94,7 @@ class SkipPull:
         from registry.reference import parse_reference
 
         ref = parse_reference(info.image_ref)
-        client = self._client(ref.registry)
+        client = self._client(ref.registry, ref.repository)
         mdigest, manifest = self._manifest(client, ref, info.manifest_digest)
         layers = manifest.get("layers") or []
         digests = [d.get("digest") for d in layers]
@@ -166,7 +166,7 @@ class SkipPull:
 
         try:
             ref = parse_reference(info.image_ref)
-            mdigest, manifest = self._manifest(self._client(ref.registry), ref, info.manifest_digest)
+            mdigest, manifest = self._manifest(self._client(ref.registry, ref.repository), ref, info.manifest_digest)
         except Exception as e:  # noqa: BLE001 - only a hint for later mounts; the layer is there
             log.warning("cannot resolve %s to record it for layer %s: %s", info.image_ref, snap.key, e)
             return

@@ -46,3 +46,4 @@ def test_unwritable_knob_is_reported_not_raised() -> None:
     with held_free_pages(knob, 60_000) as held:
         assert "but not held" in held["free_page_reporting"]
     assert knob.read_text() == before
+

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
+from pathlib import Path
 
 import grpc
 import pytest
@@ -68,8 +69,9 @@ def test_pull_secret_reaches_the_snapshotter_and_the_pod_runs_lazily(stack, priv
     reg, ref = private
     kubelet_images = CriClient(stack.image_socket)
     try:
-        with pytest.raises(grpc.RpcError):                 # no pull secret: containerd is refused
+        with pytest.raises(grpc.RpcError) as refused:      # no pull secret: containerd is refused
             kubelet_images.pull(ref)
+        assert "401 Unauthorized" in refused.value.details(), refused.value.details()
         image_id = kubelet_images.pull(ref, USER, PASSWORD)
         assert kubelet_images.image_status(ref) is not None          # other image calls pass too
         with pytest.raises(grpc.RpcError) as e:            # the proxy serves images only
@@ -78,7 +80,7 @@ def test_pull_secret_reaches_the_snapshotter_and_the_pod_runs_lazily(stack, priv
     finally:
         kubelet_images.close()
     log = stack.stack.snap.log_text()
-    assert f"credentials for {reg.host} learnt from a CRI pull" in log
+    assert f"credentials for {reg.host}/cri-private/tiny learnt from a CRI pull" in log
     assert "skip-pull" in log                                # bootstraps checked: a lazy pull
     assert PASSWORD not in log
 
@@ -88,3 +90,8 @@ def test_pull_secret_reaches_the_snapshotter_and_the_pod_runs_lazily(stack, priv
     assert stack.stack.daemon_pids()                         # its rootfs is a fusefs mount
     auth = json.loads(next((stack.stack.snap.root / "daemons").glob("*/auth.json")).read_text())
     assert auth == {"auths": {reg.host: {"username": USER, "password": PASSWORD}}}
+    for pid in stack.stack.daemon_pids():                    # a path on the command line, no secret
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        assert b"--authfile" in argv and PASSWORD.encode() not in b" ".join(argv)
+    for log_file in (stack.stack.snap.root / "daemons").glob("*/imgfs.log"):
+        assert PASSWORD not in log_file.read_text(errors="replace")

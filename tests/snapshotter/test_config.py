@@ -44,6 +44,7 @@ def test_overrides(tmp_path):
     ("[registry]\ncredentials = '/nonexistent/auth.json'", "credentials /nonexistent/auth.json is not a file"),
     ("[cri]\nlisten = 1", "must be a string"),
     ("[cri]\nproxy = '/x'", "unknown key 'proxy'"),
+    ("[cri]\nlisten = '/run/c.sock'\nbackend = '/run/c.sock'", "listen and backend are the same socket"),
 ])
 def test_errors(tmp_path, text, msg):
     f = tmp_path / "c.toml"
