@@ -40,6 +40,7 @@ class FdKeeper:
         self.pidfile = self.dir / "pid"
         self.imgfs_bin = imgfs_bin
         self.proc: subprocess.Popen | None = None
+        self._ensure_lock = threading.Lock()
 
     def pid(self) -> int:
         try:
@@ -78,7 +79,12 @@ class FdKeeper:
         return any(fdstore.fuse_mounted(mp) for mp in reply.get("mountpoints", []))
 
     def ensure(self, timeout: float = 30.0) -> str:
-        """The socket of a running fd store: the one alive (adopted), else a new one."""
+        """The socket of a running fd store: the one alive (adopted), else a new one. Daemons of
+        different images start at once: one thread at a time checks and starts the store."""
+        with self._ensure_lock:
+            return self._ensure(timeout)
+
+    def _ensure(self, timeout: float) -> str:
         if self.proc is not None:
             self.proc.poll()       # reap a dead child
         old = self.pid()

@@ -42,7 +42,7 @@ log = logging.getLogger("imgfs.snapshotter")
 
 EARLY_GRACE = 120.0  # seconds a daemon started by a pull (mount_on_pull) survives unused
 #: Seconds a daemon started by a pull waits for a bootstrap the pull has not verified yet
-#: before fetching it itself (the start holds the mount lock: bounded, and short next to a pull)
+#: before fetching it itself (the start holds its image's lock: bounded, and short next to a pull)
 EARLY_BOOTSTRAP_WAIT = 5.0
 TAKEOVER_TRIES = 3   # new daemons tried on a live connection before it is unmounted and remade
 
@@ -53,7 +53,11 @@ class RemoteLayers:
         self.store = store
         self.mounts_dir = cfg.root / "mounts"
         self.daemon_dir = cfg.root / "daemons"
+        # _lock: the daemon table, early marks, release and supervision; a daemon's start
+        # holds only its image's lock (_key_lock), so different images start side by side
         self._lock = threading.RLock()
+        self._key_locks: dict[str, threading.Lock] = {}
+        self._key_locks_guard = threading.Lock()
         self._procs: dict[str, subprocess.Popen] = {}     # our children, by image key
         self.restarts = 0
         self.takeovers = 0     # restarts that kept the mount (and the containers' open files)
@@ -145,20 +149,33 @@ class RemoteLayers:
             argv += ["--fd-store", fd_store]
         return argv
 
+    def _key_lock(self, key: str) -> threading.Lock:
+        with self._key_locks_guard:
+            return self._key_locks.setdefault(key, threading.Lock())
+
     def ensure_mount(self, image: dict, why: str = "mount") -> Path:
-        """The image's fusefs mount, started (or restarted) when it is not healthy."""
+        """The image's fusefs mount, started (or restarted) when it is not healthy.
+
+        Holds the image's own lock while it checks and starts (starts of other images run at
+        the same time), and takes the global lock for its bookkeeping before it returns, on
+        every path: release_unused holds the global lock from reading the live snapshots to
+        stopping, and skips an image whose lock is taken, so a daemon found healthy here is
+        either seen as needed there (the caller's snapshot row predates this call) or not
+        stopped."""
         key = self.image_key(image)
-        with self._lock:
+        with self._key_lock(key):
             mp = self.mountpoint(key)
             row = {r[0]: r for r in self.store.daemons()}.get(key)
             if row is not None and daemons.alive(row[2]) and daemons.healthy(mp, self.cfg.health_timeout, self._control(mp)):
-                self._unmark_early(key)      # claimed by a container: releasable as usual
+                with self._lock:
+                    self._unmark_early(key)      # claimed by a container: releasable as usual
                 return mp
             self._start(key, image, mp, row[2] if row else 0, why)
-            if why == "pull":
-                self._early[key] = time.monotonic()
-            else:
-                self._unmark_early(key)
+            with self._lock:
+                if why == "pull":
+                    self._early[key] = time.monotonic()
+                else:
+                    self._unmark_early(key)
             return mp
 
     def _unmark_early(self, key: str) -> None:
@@ -172,8 +189,8 @@ class RemoteLayers:
         instead of sitting inside the container's Prepare; the daemon waits for each
         bootstrap to appear in the node's bootstrap cache (``bootstrap_wait``) as the
         snapshotter verifies the layers, instead of fetching it a second time. The Prepare
-        then finds the mount ready (or waits on the lock for the start in flight). Unused, it
-        stays EARLY_GRACE seconds, or until the image is removed."""
+        then finds the mount ready (or waits on the image's lock for the start in flight).
+        Unused, it stays EARLY_GRACE seconds, or until the image is removed."""
         key = self.image_key(image)
         with self._early_lock:
             if key in self._early_starting:
@@ -260,8 +277,9 @@ class RemoteLayers:
     def release_unused(self, live: Callable[[], list[list[Snapshot]]]) -> None:
         """Stops the daemons no active or view snapshot needs; frees their mountpoints.
 
-        `live()` is read under the lock that ensure_mount holds, so a Prepare that needs a
-        daemon either is seen here or starts the daemon again after this returns.
+        `live()` is read under the global lock, which ensure_mount takes before it returns
+        (see there), and an image whose start or check is in flight is skipped, so a Prepare
+        that needs a daemon either is seen here or starts the daemon again after this returns.
         """
         with self._lock:
             needed = set()
@@ -285,22 +303,31 @@ class RemoteLayers:
                     if key not in self._early_committed:
                         continue    # its pull has not committed the top layer yet
                     log.info("image %s was removed before any container used it", key)
-                self._unmark_early(key)
-                log.info("stopping unused fusefs daemon %d of %s", pid, key)
-                if daemons.alive(pid) and daemons.cmdline_has(pid, mp):
-                    daemons.stop(pid, Path(mp), self._procs.pop(key, None))
-                else:
-                    daemons.unmount(mp)
-                    self.fdkeeper.drop(mp)
-                    proc = self._procs.pop(key, None)
-                    if proc is not None:
-                        proc.wait()
-                self.store.drop_daemon(key)
+                busy = self._key_lock(key)
+                if not busy.acquire(blocking=False):
+                    continue        # ensure_mount is checking or starting it: wanted now
                 try:
-                    Path(mp).rmdir()
-                except OSError:
-                    pass
-                shutil.rmtree(self.daemon_dir / Path(mp).name, ignore_errors=True)
+                    self._stop_unused(key, mp, pid)
+                finally:
+                    busy.release()
+
+    def _stop_unused(self, key: str, mp: str, pid: int) -> None:
+        self._unmark_early(key)
+        log.info("stopping unused fusefs daemon %d of %s", pid, key)
+        if daemons.alive(pid) and daemons.cmdline_has(pid, mp):
+            daemons.stop(pid, Path(mp), self._procs.pop(key, None))
+        else:
+            daemons.unmount(mp)
+            self.fdkeeper.drop(mp)
+            proc = self._procs.pop(key, None)
+            if proc is not None:
+                proc.wait()
+        self.store.drop_daemon(key)
+        try:
+            Path(mp).rmdir()
+        except OSError:
+            pass
+        shutil.rmtree(self.daemon_dir / Path(mp).name, ignore_errors=True)
 
     # -- recovery and supervision --------------------------------------------------------
     def recover(self) -> None:
@@ -336,12 +363,18 @@ class RemoteLayers:
             for key, mp, pid, spec in self.store.daemons():
                 if daemons.alive(pid) and daemons.healthy(mp, self.cfg.health_timeout, self._control(mp)):
                     continue
-                log.warning("fusefs daemon %d of %s died or hangs: restarting it at %s", pid, key, mp)
+                busy = self._key_lock(key)
+                if not busy.acquire(blocking=False):
+                    continue        # ensure_mount is restarting it right now
                 try:
-                    self._start(key, spec, Path(mp), pid)
-                    self.restarts += 1
-                except daemons.MountError as e:
-                    log.error("cannot restart fusefs daemon of %s: %s", key, e)
+                    log.warning("fusefs daemon %d of %s died or hangs: restarting it at %s", pid, key, mp)
+                    try:
+                        self._start(key, spec, Path(mp), pid)
+                        self.restarts += 1
+                    except daemons.MountError as e:
+                        log.error("cannot restart fusefs daemon of %s: %s", key, e)
+                finally:
+                    busy.release()
 
     def supervise(self, stop: threading.Event) -> None:
         """Until `stop`: releases unused daemons when asked, checks all every interval."""
