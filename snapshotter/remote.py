@@ -58,6 +58,7 @@ class RemoteLayers:
         self._lock = threading.RLock()
         self._key_locks: dict[str, threading.Lock] = {}
         self._key_locks_guard = threading.Lock()
+        self._release_again = False     # a release skipped an image busy starting: retry
         self._procs: dict[str, subprocess.Popen] = {}     # our children, by image key
         self.restarts = 0
         self.takeovers = 0     # restarts that kept the mount (and the containers' open files)
@@ -215,6 +216,7 @@ class RemoteLayers:
         elif proc is not None:
             proc.poll()
         store = self._fd_store()
+        store_pid = self.fdkeeper.pid()
         logfile = self.daemon_dir / mp.name / "imgfs.log"
         control = self._control(mp)
         spawned = time.time()
@@ -231,9 +233,10 @@ class RemoteLayers:
                 proc = daemons.start(argv, mp, logfile, self.cfg.mount_timeout,
                                      control=control)
             except daemons.MountError as e:
-                if not store or self.fdkeeper.alive():
+                if not store or (self.fdkeeper.alive() and self.fdkeeper.pid() == store_pid):
                     raise
-                # the fd store went away under the start (its put failed): once more with a new one
+                # the fd store went away under the start (its put failed; another image's start
+                # may have replaced it meanwhile): once more with the one running now
                 log.warning("fusefs daemon of %s failed without its fd store (%s): retrying", key, e)
                 argv = self._argv(image, mp, self._fd_store(), why)
                 daemons.unmount(mp)
@@ -263,7 +266,8 @@ class RemoteLayers:
                 if not (daemons.mounted(mp) and self.fdkeeper.holds(mp)):
                     break
                 continue
-            self.takeovers += 1
+            with self._lock:
+                self.takeovers += 1
             log.info("fusefs daemon %d took over the live mount %s of %s", proc.pid, mp, key)
             return proc
         log.error("takeover of %s at %s failed: remounting it (open files of its running "
@@ -305,7 +309,10 @@ class RemoteLayers:
                     log.info("image %s was removed before any container used it", key)
                 busy = self._key_lock(key)
                 if not busy.acquire(blocking=False):
-                    continue        # ensure_mount is checking or starting it: wanted now
+                    # ensure_mount is checking or starting it: wanted now, most likely; judged
+                    # again at the next supervision tick in case its caller went away
+                    self._release_again = True
+                    continue
                 try:
                     self._stop_unused(key, mp, pid)
                 finally:
@@ -383,8 +390,9 @@ class RemoteLayers:
             if stop.is_set():
                 break
             try:
-                if self._release_wanted.is_set():
+                if self._release_wanted.is_set() or self._release_again:
                     self._release_wanted.clear()
+                    self._release_again = False
                     if self._live is not None:
                         self.release_unused(self._live)
                 self.check_once()

@@ -106,3 +106,28 @@ def test_check_once_skips_an_image_being_started(remote, monkeypatch):
 def test_mountpoints_differ(remote):
     assert remote.mountpoint(remote.image_key(image(1))) != remote.mountpoint(remote.image_key(image(2)))
     assert isinstance(remote.mountpoint("x"), Path)
+
+
+def test_a_prepare_waiting_for_the_bookkeeping_keeps_its_daemon(remote):
+    """The narrow window: ensure_mount has found the daemon healthy and waits for the global
+    lock while a release that read the live snapshots before the Prepare's row holds it."""
+    remote.ensure_mount(image(1))
+    key = remote.image_key(image(1))
+    returned = threading.Event()
+    seen: dict[str, bool] = {}
+    asking = threading.Thread(target=lambda: (remote.ensure_mount(image(1)), returned.set()))
+
+    def live():                              # read before the Prepare's snapshot row existed
+        asking.start()
+        deadline = time.monotonic() + 5
+        while not remote._key_lock(key).locked() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.1)                      # past its health check, now waiting for our lock
+        seen["waiting"] = not returned.is_set()
+        return []
+
+    remote.release_unused(live)
+    assert returned.wait(10)
+    asking.join(10)
+    assert seen["waiting"] and remote.stopped == []
+    assert remote._release_again             # judged again at the next supervision tick
