@@ -347,12 +347,7 @@ class RemoteLayers:
                 if daemons.alive(pid) and daemons.cmdline_has(pid, mp) and daemons.healthy(mp, self.cfg.health_timeout, self._control(mp)):
                     log.info("adopted fusefs daemon %d of %s at %s", pid, key, mp)
                     continue
-                log.warning("fusefs daemon %d of %s is gone: restarting it at %s", pid, key, mp)
-                try:
-                    self._start(key, spec, Path(mp), pid)
-                    self.restarts += 1
-                except daemons.MountError as e:
-                    log.error("cannot restart fusefs daemon of %s: %s", key, e)
+                self._restart(key, spec, mp, pid, "is gone")
             if self.mounts_dir.exists():
                 for d in self.mounts_dir.iterdir():
                     if d.name not in known:
@@ -374,14 +369,17 @@ class RemoteLayers:
                 if not busy.acquire(blocking=False):
                     continue        # ensure_mount is restarting it right now
                 try:
-                    log.warning("fusefs daemon %d of %s died or hangs: restarting it at %s", pid, key, mp)
-                    try:
-                        self._start(key, spec, Path(mp), pid)
-                        self.restarts += 1
-                    except daemons.MountError as e:
-                        log.error("cannot restart fusefs daemon of %s: %s", key, e)
+                    self._restart(key, spec, mp, pid, "died or hangs")
                 finally:
                     busy.release()
+
+    def _restart(self, key: str, spec: dict, mp: str, pid: int, what: str) -> None:
+        log.warning("fusefs daemon %d of %s %s: restarting it at %s", pid, key, what, mp)
+        try:
+            self._start(key, spec, Path(mp), pid)
+            self.restarts += 1
+        except daemons.MountError as e:
+            log.error("cannot restart fusefs daemon of %s: %s", key, e)
 
     def supervise(self, stop: threading.Event) -> None:
         """Until `stop`: releases unused daemons when asked, checks all every interval."""

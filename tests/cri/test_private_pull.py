@@ -15,7 +15,6 @@ from pathlib import Path
 import grpc
 import pytest
 
-from tests.cri.conftest import Pods
 from tests.cri.test_cri import log_lines, start
 from tests.support.cri.client import CriClient
 from tests.support.cri_containerd import make_cri_stack
@@ -47,7 +46,8 @@ def private(registry, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def stack(registry, private, cri_images):
+def cri(registry, private, cri_images):
+    """This module's CRI stack (conftest's `pods` fixture then makes its pods here)."""
     reg, _ = private
     s = make_cri_stack(reg.host, cri_images["pause"], more_hosts=(registry.host,), image_proxy=True)
     try:
@@ -56,18 +56,9 @@ def stack(registry, private, cri_images):
         s.stop()
 
 
-@pytest.fixture
-def private_pods(stack) -> Pods:
-    p = Pods(stack)
-    try:
-        yield p
-    finally:
-        p.remove_all()
-
-
-def test_pull_secret_reaches_the_snapshotter_and_the_pod_runs_lazily(stack, private, private_pods):
+def test_pull_secret_reaches_the_snapshotter_and_the_pod_runs_lazily(cri, private, pods):
     reg, ref = private
-    kubelet_images = CriClient(stack.image_socket)
+    kubelet_images = CriClient(cri.image_socket)
     try:
         with pytest.raises(grpc.RpcError) as refused:      # no pull secret: containerd is refused
             kubelet_images.pull(ref)
@@ -79,19 +70,19 @@ def test_pull_secret_reaches_the_snapshotter_and_the_pod_runs_lazily(stack, priv
         assert e.value.code() == grpc.StatusCode.UNIMPLEMENTED
     finally:
         kubelet_images.close()
-    log = stack.stack.snap.log_text()
+    log = cri.stack.snap.log_text()
     assert f"credentials for {reg.host}/cri-private/tiny learnt from a CRI pull" in log
     assert "skip-pull" in log                                # bootstraps checked: a lazy pull
     assert PASSWORD not in log
 
-    _cid, path = start(stack, private_pods, "private", image_id, ["/bin/sh", "-c", "echo private-pod-ok"])
+    _cid, path = start(cri, pods, "private", image_id, ["/bin/sh", "-c", "echo private-pod-ok"])
     wait_for(lambda: path.exists() and log_lines(path), "the container's output")
     assert log_lines(path) == ["private-pod-ok"]
-    assert stack.stack.daemon_pids()                         # its rootfs is a fusefs mount
-    auth = json.loads(next((stack.stack.snap.root / "daemons").glob("*/auth.json")).read_text())
+    assert cri.stack.daemon_pids()                         # its rootfs is a fusefs mount
+    auth = json.loads(next((cri.stack.snap.root / "daemons").glob("*/auth.json")).read_text())
     assert auth == {"auths": {reg.host: {"username": USER, "password": PASSWORD}}}
-    for pid in stack.stack.daemon_pids():                    # a path on the command line, no secret
+    for pid in cri.stack.daemon_pids():                    # a path on the command line, no secret
         argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         assert b"--authfile" in argv and PASSWORD.encode() not in b" ".join(argv)
-    for log_file in (stack.stack.snap.root / "daemons").glob("*/imgfs.log"):
+    for log_file in (cri.stack.snap.root / "daemons").glob("*/imgfs.log"):
         assert PASSWORD not in log_file.read_text(errors="replace")
